@@ -153,6 +153,19 @@ class Quantizer(nn.Module):
         """A scalar added to the loss (times tau); zero unless the method defines one."""
         return w.new_zeros(())
 
+    # Numeric parameters travel with the state dict, so a per-layer omega0 chosen at the start of
+    # training survives checkpoints and stage changes; choices such as BiPer's stage do not (the
+    # new stage's config decides them).
+    def get_extra_state(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.hparams().items()
+                if k not in self.choices and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        for key, value in state.items():
+            if key in self.defaults and key not in self.choices:
+                self._check(key, value)
+                setattr(self, key, type(getattr(self, key))(value))
+
     def hparams(self) -> dict[str, Any]:
         """Current parameter values."""
         return {key: getattr(self, key) for key in self.defaults}
