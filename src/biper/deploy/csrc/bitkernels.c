@@ -1,0 +1,354 @@
+/*
+ * biper bit kernels: sign-bit packing, bit im2col and XNOR-popcount GEMM.
+ *
+ * Compiled lazily by biper/deploy/kernels.py with the system C compiler (-O3 -fopenmp
+ * -ffp-contract=off, never -march=native) and called through ctypes on tensor data pointers.
+ * One binary carries three variants of the GEMM; the best one the running CPU supports is
+ * chosen at run time with __builtin_cpu_supports:
+ *
+ *   2  AVX-512F + VPOPCNTDQ   8 words per vpopcntq, 4x4 register block
+ *   1  AVX2                   nibble-LUT popcount (vpshufb + vpsadbw), 2x4 register block
+ *   0  portable C             __builtin_popcountll, 4x4 block
+ *
+ * Conventions shared with the Python side (biper/deploy/bitpack.py):
+ *   bit = (x < 0), i.e. +1 -> 0 and -1 -> 1 (so 0.0 and -0.0 are +1);
+ *   bit j of 64-bit word w holds element 64*w + j; unused high bits of the last word are 0;
+ *   a dot product of K packed +-1 values is K - 2 * popcount(a XOR w).
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(BIPER_PORTABLE_ONLY)
+#define BIPER_X86 1
+#include <immintrin.h>
+#endif
+
+#define BIPER_ABI 2
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+int biper_abi(void) { return BIPER_ABI; }
+
+int biper_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Highest ISA level of this CPU that this binary was built with. */
+int biper_cpu_isa(void) {
+#ifdef BIPER_X86
+    __builtin_cpu_init();
+#ifndef BIPER_NO_AVX512
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq")) return 2;
+#endif
+    if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+    return 0;
+}
+
+static int g_isa = -1;
+
+/* Cap the ISA used (for tests and benchmarks); returns the level now in use. */
+int biper_set_isa(int cap) {
+    int best = biper_cpu_isa();
+    g_isa = cap < 0 ? best : MIN(cap, best);
+    return g_isa;
+}
+
+int biper_get_isa(void) {
+    if (g_isa < 0) g_isa = biper_cpu_isa();
+    return g_isa;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Packing, channels-first: x (B, C, HW) float -> out (B, HW, CW) words, CW = ceil(C / 64),
+ * bit = (x[b, c, p] - thr[c]) < 0   (thr may be NULL: threshold 0).
+ * ---------------------------------------------------------------------------------------- */
+#define PACK_CHUNK 64
+
+void biper_pack(const float *x, int64_t B, int64_t C, int64_t HW, const float *thr,
+                uint64_t *out, int nthreads) {
+    const int64_t CW = (C + 63) / 64;
+    const int64_t nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
+    const int64_t ntask = B * nchunk;
+    (void)nthreads;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * C * HW > 65536)
+    for (int64_t task = 0; task < ntask; ++task) {
+        const int64_t b = task / nchunk, p0 = (task % nchunk) * PACK_CHUNK;
+        const int64_t np = MIN(PACK_CHUNK, HW - p0);
+        uint64_t tmp[PACK_CHUNK];
+        for (int64_t w = 0; w < CW; ++w) {
+            memset(tmp, 0, sizeof(tmp));
+            const int64_t nc = MIN(64, C - 64 * w);
+            for (int64_t j = 0; j < nc; ++j) {
+                const int64_t c = 64 * w + j;
+                const float t = thr ? thr[c] : 0.0f;
+                const float *xc = x + (b * C + c) * HW + p0;
+                for (int64_t q = 0; q < np; ++q)
+                    tmp[q] |= (uint64_t)((xc[q] - t) < 0.0f) << j;
+            }
+            for (int64_t q = 0; q < np; ++q) out[(b * HW + p0 + q) * CW + w] = tmp[q];
+        }
+    }
+}
+
+/* Channels-last rows: x (R, C) float -> out (R, CW) words, bit = (x[r, c] - thr[c]) < 0. */
+static void pack_rows_portable(const float *x, int64_t r0, int64_t r1, int64_t C,
+                               const float *thr, uint64_t *out) {
+    const int64_t CW = (C + 63) / 64;
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t w = 0; w < CW; ++w) {
+            uint64_t word = 0;
+            const int64_t nc = MIN(64, C - 64 * w);
+            for (int64_t j = 0; j < nc; ++j) {
+                const int64_t c = 64 * w + j;
+                word |= (uint64_t)((x[r * C + c] - (thr ? thr[c] : 0.0f)) < 0.0f) << j;
+            }
+            out[r * CW + w] = word;
+        }
+}
+
+#if defined(BIPER_X86) && !defined(BIPER_NO_AVX512)
+__attribute__((target("avx512f"))) static void
+pack_rows_avx512(const float *x, int64_t r0, int64_t r1, int64_t C, const float *thr,
+                 uint64_t *out) {
+    const int64_t CW = (C + 63) / 64;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t w = 0; w < CW; ++w) {
+            uint64_t word = 0;
+            for (int q = 0; q < 4; ++q) {
+                const int64_t c = 64 * w + 16 * q, left = C - c;
+                if (left <= 0) break;
+                const __mmask16 mk = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1u);
+                const __m512 t = thr ? _mm512_maskz_loadu_ps(mk, thr + c) : zero;
+                const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + r * C + c), t);
+                word |= (uint64_t)_mm512_mask_cmp_ps_mask(mk, v, zero, _CMP_LT_OQ) << (16 * q);
+            }
+            out[r * CW + w] = word;
+        }
+}
+#endif
+
+void biper_pack_rows(const float *x, int64_t R, int64_t C, const float *thr, uint64_t *out,
+                     int nthreads) {
+    const int64_t nchunk = (R + 63) / 64;
+    const int isa = biper_get_isa();
+    (void)nthreads;
+    (void)isa;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (R * C > 65536)
+    for (int64_t t = 0; t < nchunk; ++t) {
+        const int64_t r0 = t * 64, r1 = MIN(R, r0 + 64);
+#if defined(BIPER_X86) && !defined(BIPER_NO_AVX512)
+        if (isa == 2) { pack_rows_avx512(x, r0, r1, C, thr, out); continue; }
+#endif
+        pack_rows_portable(x, r0, r1, C, thr, out);
+    }
+}
+
+/* ----------------------------------------------------------------------------------------
+ * Bit im2col: x (B, H, W, CW) words -> out (B*OH*OW, KH*KW*CW), tap-major (i, j) then word.
+ * Taps outside the input take the CW words of `fill` (the padding value's bits).
+ * ---------------------------------------------------------------------------------------- */
+void biper_im2col(const uint64_t *x, int64_t B, int64_t H, int64_t W, int64_t CW,
+                  int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                  int64_t DH, int64_t DW, int64_t OH, int64_t OW, const uint64_t *fill,
+                  uint64_t *out, int nthreads) {
+    const int64_t rowlen = KH * KW * CW, M = B * OH * OW;
+    (void)nthreads;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (M * rowlen > 65536)
+    for (int64_t m = 0; m < M; ++m) {
+        const int64_t b = m / (OH * OW), oh = (m / OW) % OH, ow = m % OW;
+        uint64_t *row = out + m * rowlen;
+        for (int64_t i = 0; i < KH; ++i) {
+            const int64_t ih = oh * SH - PH + i * DH;
+            for (int64_t j = 0; j < KW; ++j) {
+                const int64_t iw = ow * SW - PW + j * DW;
+                uint64_t *dst = row + (i * KW + j) * CW;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+                    memcpy(dst, fill, CW * sizeof(uint64_t));
+                else
+                    memcpy(dst, x + ((b * H + ih) * W + iw) * CW, CW * sizeof(uint64_t));
+            }
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------------------
+ * XNOR-popcount GEMM.  A (M, KWD) packed rows; the weights Wt (N, KWD) are given as panels of
+ * 32 output channels, Wp[(nb * KWD + k) * 32 + j] = Wt[32 nb + j, k] (zero past N), so that
+ * one SIMD vector holds the same word of 8 (AVX-512) or 4 (AVX2) channels: each lane
+ * accumulates one output and no horizontal reduction is needed.  For each (m, n):
+ *     acc = K - 2 * popcount(A[m] ^ Wt[n]) - corr[m % P, n]        (corr may be NULL)
+ * Outputs, both row-major (M, N) (NHWC for convolutions), either may be NULL:
+ *     acc_out int32;   y float = (float)acc * scale[n] + shift[n]  (a multiply then an add).
+ * ---------------------------------------------------------------------------------------- */
+#define PANEL 32
+
+typedef struct {
+    const uint64_t *A, *Wp;
+    int64_t M, N, KWD, K, P;
+    const int32_t *corr;
+    int32_t *acc;
+    float *y;
+    const float *scale, *shift;
+} gemm_t;
+
+/* Finish `cnt` outputs of row m starting at column n from their popcounts. */
+static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
+                             const int64_t *pc) {
+    const int32_t *corr = g->corr ? g->corr + (m % g->P) * g->N + n : 0;
+    for (int64_t j = 0; j < cnt; ++j) {
+        int32_t a = (int32_t)(g->K - 2 * pc[j]);
+        if (corr) a -= corr[j];
+        if (g->acc) g->acc[m * g->N + n + j] = a;
+        if (g->y) {
+            const float prod = (float)a * g->scale[n + j];
+            g->y[m * g->N + n + j] = prod + g->shift[n + j];
+        }
+    }
+}
+
+/* -- portable: one row against one panel ----------------------------------------------- */
+static void panel_portable(const gemm_t *g, int64_t m, int64_t nb) {
+    const int64_t L = g->KWD, n0 = nb * PANEL, cnt = MIN(PANEL, g->N - n0);
+    const uint64_t *a = g->A + m * L, *wp = g->Wp + nb * L * PANEL;
+    int64_t pc[PANEL] = {0};
+    for (int64_t k = 0; k < L; ++k)
+        for (int j = 0; j < PANEL; ++j) pc[j] += __builtin_popcountll(a[k] ^ wp[k * PANEL + j]);
+    store_row(g, m, n0, cnt, pc);
+}
+
+#ifdef BIPER_X86
+/* -- AVX-512 VPOPCNTDQ: MR rows x 32 channels (4 vectors of 8) in 4*MR accumulators ----- */
+#ifndef BIPER_NO_AVX512
+#define T512 __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
+
+static inline __attribute__((always_inline)) T512 void
+body512(const gemm_t *g, int64_t m, int64_t nb, const int MR) {
+    const int64_t L = g->KWD, n0 = nb * PANEL;
+    const uint64_t *wp = g->Wp + nb * L * PANEL, *ap[4];
+    __m512i acc[4][4];
+    for (int r = 0; r < MR; ++r) {
+        ap[r] = g->A + (m + r) * L;
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
+    }
+    for (int64_t k = 0; k < L; ++k) {
+        const uint64_t *wk = wp + k * PANEL;
+        const __m512i w0 = _mm512_loadu_si512((const void *)wk);
+        const __m512i w1 = _mm512_loadu_si512((const void *)(wk + 8));
+        const __m512i w2 = _mm512_loadu_si512((const void *)(wk + 16));
+        const __m512i w3 = _mm512_loadu_si512((const void *)(wk + 24));
+        for (int r = 0; r < MR; ++r) {
+            const __m512i a = _mm512_set1_epi64((long long)ap[r][k]);
+            acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, w0)));
+            acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(a, w1)));
+            acc[r][2] = _mm512_add_epi64(acc[r][2], _mm512_popcnt_epi64(_mm512_xor_si512(a, w2)));
+            acc[r][3] = _mm512_add_epi64(acc[r][3], _mm512_popcnt_epi64(_mm512_xor_si512(a, w3)));
+        }
+    }
+    const __m256i kk = _mm256_set1_epi32((int)g->K);
+    for (int r = 0; r < MR; ++r) {
+        const int64_t row = (m + r) * g->N;
+        const int32_t *corr = g->corr ? g->corr + ((m + r) % g->P) * g->N : 0;
+        for (int v = 0; v < 4; ++v) {
+            const int64_t n = n0 + 8 * v;
+            if (n >= g->N) break;
+            const __mmask8 mk = g->N - n >= 8 ? 0xff : (__mmask8)((1u << (g->N - n)) - 1u);
+            const __m256i pc = _mm512_cvtepi64_epi32(acc[r][v]);
+            __m256i a = _mm256_sub_epi32(kk, _mm256_slli_epi32(pc, 1));
+            if (corr) a = _mm256_sub_epi32(a, _mm256_maskz_loadu_epi32(mk, corr + n));
+            if (g->acc) _mm256_mask_storeu_epi32(g->acc + row + n, mk, a);
+            if (g->y) {
+                const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskz_loadu_ps(mk, g->scale + n));
+                _mm256_mask_storeu_ps(g->y + row + n, mk,
+                                      _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n)));
+            }
+        }
+    }
+}
+
+static T512 void rows512_4(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 4); }
+static T512 void rows512_3(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 3); }
+static T512 void rows512_2(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 2); }
+static T512 void rows512_1(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 1); }
+#endif /* BIPER_NO_AVX512 */
+
+/* -- AVX2: popcount of each 64-bit lane by nibble lookup (Mula's method) ---------------- */
+#define T256 __attribute__((target("avx2")))
+
+static inline __attribute__((always_inline)) T256 __m256i popcnt256(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_and_si256(v, low);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    const __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+    return _mm256_sad_epu8(cnt, _mm256_setzero_si256());
+}
+
+/* MR rows x one panel, 8 channels (2 vectors of 4) at a time. */
+static inline __attribute__((always_inline)) T256 void
+body256(const gemm_t *g, int64_t m, int64_t nb, const int MR) {
+    const int64_t L = g->KWD, n0 = nb * PANEL;
+    const uint64_t *wp = g->Wp + nb * L * PANEL, *ap[4];
+    for (int r = 0; r < MR; ++r) ap[r] = g->A + (m + r) * L;
+    for (int s = 0; s < PANEL; s += 8) {
+        if (n0 + s >= g->N) break;
+        __m256i acc[4][2];
+        for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (int64_t k = 0; k < L; ++k) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wp + k * PANEL + s));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wp + k * PANEL + s + 4));
+            for (int r = 0; r < MR; ++r) {
+                const __m256i a = _mm256_set1_epi64x((long long)ap[r][k]);
+                acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt256(_mm256_xor_si256(a, w0)));
+                acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt256(_mm256_xor_si256(a, w1)));
+            }
+        }
+        for (int r = 0; r < MR; ++r) {
+            int64_t pc[8];
+            _mm256_storeu_si256((__m256i *)pc, acc[r][0]);
+            _mm256_storeu_si256((__m256i *)(pc + 4), acc[r][1]);
+            store_row(g, m + r, n0 + s, MIN(8, g->N - n0 - s), pc);
+        }
+    }
+}
+
+static T256 void rows256_4(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 4); }
+static T256 void rows256_3(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 3); }
+static T256 void rows256_2(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 2); }
+static T256 void rows256_1(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 1); }
+#endif /* BIPER_X86 */
+
+typedef void (*rows_fn)(const gemm_t *, int64_t, int64_t);
+
+/* -- driver: tasks are (panel, block of 4 rows), consecutive tasks share a panel ---------- */
+void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int64_t KWD,
+                int64_t K, int64_t P, const int32_t *corr, int32_t *acc, float *y,
+                const float *scale, const float *shift, int nthreads) {
+    gemm_t g = {A, Wp, M, N, KWD, K, P, corr, acc, y, scale, shift};
+    const int isa = biper_get_isa();
+    rows_fn fns[5] = {0, 0, 0, 0, 0};
+#ifdef BIPER_X86
+#ifndef BIPER_NO_AVX512
+    if (isa == 2) { fns[1] = rows512_1; fns[2] = rows512_2; fns[3] = rows512_3; fns[4] = rows512_4; }
+#endif
+    if (isa == 1) { fns[1] = rows256_1; fns[2] = rows256_2; fns[3] = rows256_3; fns[4] = rows256_4; }
+#endif
+    const int64_t nmb = (M + 3) / 4, npanel = (N + PANEL - 1) / PANEL, ntask = nmb * npanel;
+    (void)nthreads;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (M * N * KWD > 32768)
+    for (int64_t task = 0; task < ntask; ++task) {
+        const int64_t nb = task / nmb, m = (task % nmb) * 4, mr = MIN(4, M - m);
+        if (fns[mr]) {
+            fns[mr](&g, m, nb);
+        } else {
+            for (int64_t r = 0; r < mr; ++r) panel_portable(&g, m + r, nb);
+        }
+    }
+}
