@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BiperError, did_you_mean
-from ..quantizers import Quantizer, get_quantizer
+from ..quantizers import Quantizer, get_quantizer, list_quantizers
 
 __all__ = ["BinaryConv2d", "BinaryLinear", "SCALINGS", "ALPHA_INITS", "is_binary_layer"]
 
@@ -42,9 +42,10 @@ ALPHA_INITS = ("uniform", "mean_abs", "ones")
 
 
 def _make_quantizer(spec, params, kind: str, **context) -> Quantizer | None:
+    role = "weight_quantizer" if kind == "weight" else "input_quantizer"
     if spec is None:
         if params:
-            raise BiperError(f"{kind} quantizer parameters {sorted(params)} given but no {kind} quantizer")
+            raise BiperError(f"{role[:-9]}params {sorted(params)} given but {role} is None")
         return None
     if isinstance(spec, Quantizer):
         q = spec
@@ -56,7 +57,8 @@ def _make_quantizer(spec, params, kind: str, **context) -> Quantizer | None:
                 params[key] = value
         q = get_quantizer(spec, **params)
     if q.kind != kind:
-        raise BiperError(f"{q.name!r} is an {q.kind} quantizer, expected a {kind} quantizer")
+        raise BiperError(f"{role} {q.name!r} has kind '{q.kind}'; {role} needs kind '{kind}' "
+                         f"(valid: {', '.join(list_quantizers(kind))})")
     return q
 
 

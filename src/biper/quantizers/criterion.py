@@ -79,11 +79,7 @@ def _refine(fn: Fn, targets: np.ndarray, lo: np.ndarray, hi: np.ndarray, iters: 
 
 
 def _find_monotone_p(F_vals, w, B, search, m, tol):
-    """Greedy nondecreasing selection P(w_i) in B^{-1}(F(w_i)); returns (p, reason or '').
-
-    Taking the smallest admissible preimage at each step is optimal: if any nondecreasing
-    selection exists, the greedy one exists too.
-    """
+    """A nondecreasing selection P(w_i) in B^{-1}(F(w_i)); returns (p, reason or '')."""
     xs = np.linspace(search[0], search[1], m)
     bv = _call(B, xs)
     step = xs[1] - xs[0]
@@ -104,19 +100,29 @@ def _find_monotone_p(F_vals, w, B, search, m, tol):
     targets = F_vals[owner]
     roots = _refine(B, targets, np.maximum(centre - step, search[0]), np.minimum(centre + step, search[1]))
     good = np.abs(_call(B, roots) - targets) <= tol
+    per_w = [roots[(owner == i) & good] for i in range(len(w))]
+    for i, mine in enumerate(per_w):
+        if mine.size == 0:
+            return None, f"F(w)={F_vals[i]:.6g} at w={w[i]:.6g} is not attained by B (closest miss > {tol:g})"
+    p, reason = _greedy(per_w, w, F_vals, step, nearest=True)  # the natural P (closest to w)
+    if p is None:
+        p, reason = _greedy(per_w, w, F_vals, step, nearest=False)  # existence-optimal
+    return p, reason
+
+
+def _greedy(per_w, w, F_vals, step, nearest):
+    """Nondecreasing selection from per-point preimages: the smallest admissible one (optimal:
+    if any nondecreasing selection exists this one does) or the one nearest to w."""
     p = np.empty_like(w)
     prev = -np.inf
-    for i, v in enumerate(F_vals):
-        mine = roots[(owner == i) & good]
-        if mine.size == 0:
-            return None, f"F(w)={v:.6g} at w={w[i]:.6g} is not attained by B (closest miss > {tol:g})"
+    for i, mine in enumerate(per_w):
         later = mine[mine >= prev - 2 * step]
         if later.size == 0:
             return None, (
-                f"P would have to decrease: F(w)={v:.6g} at w={w[i]:.6g} needs P(w) <= {mine.max():.6g} "
+                f"P would have to decrease: F(w)={F_vals[i]:.6g} at w={w[i]:.6g} needs P(w) <= {mine.max():.6g} "
                 f"but P(w') = {prev:.6g} at a smaller w' (F is not B composed with any monotone P)"
             )
-        p[i] = later.min()
+        p[i] = later[np.argmin(np.abs(later - w[i]))] if nearest else later.min()
         prev = max(prev, p[i])
     return p, ""
 
