@@ -38,14 +38,14 @@ def crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torc
     top = top.to(dev, torch.int64)
     left = left.to(dev, torch.int64)
     flip = flip.to(dev, torch.bool)
+    hp, wp = x.shape[2], x.shape[3]
     cols = torch.arange(w, device=dev)
     cols = torch.where(flip[:, None], cols.flip(0)[None, :], cols[None, :])  # (B, W)
     cols = left[:, None] + cols                                         # (B, W)
     rows = top[:, None] + torch.arange(h, device=dev)[None, :]         # (B, H)
-    # rows first (gather along H), then columns (gather along W)
-    wp = x.shape[3]
-    x = torch.gather(x, 2, rows[:, None, :, None].expand(b, c, h, wp))  # (B, C, H, W+2p)
-    return torch.gather(x, 3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w)  # (B, 1, H*W)
+    out = torch.gather(x.reshape(b, c, hp * wp), 2, flat.expand(b, c, h * w))  # (B, C, H*W)
+    return out.view(b, c, h, w)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int,

@@ -125,8 +125,9 @@ def load_entry(cache_dir: str | os.PathLike, key: str, source_fp: dict
         return None
     try:
         sidecar = json.loads(sidecar_path.read_text())
-        if not isinstance(sidecar, dict) or sidecar.get("format") != CACHE_FORMAT:
-            raise ValueError(f"unknown cache format {sidecar.get('format') if isinstance(sidecar, dict) else None}")
+        fmt = sidecar.get("format") if isinstance(sidecar, dict) else None
+        if fmt != CACHE_FORMAT:
+            raise ValueError(f"unknown cache format {fmt!r}")
         if sidecar.get("source") != source_fp:
             notice(f"source {source_fp['path']} changed since cache {sidecar_path} was built; "
                    f"rebuilding")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,7 +66,9 @@ def download_cifar10(root: str | os.PathLike, *, url: str | None = None, md5: st
     """
     url = CIFAR10_URL if url is None else url
     md5 = CIFAR10_MD5 if md5 is None else md5
-    opener = urllib.request.urlopen if opener is None else opener
+    if opener is None:
+        import urllib.request
+        opener = urllib.request.urlopen
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / ARCHIVE_NAME
@@ -131,7 +132,8 @@ def read_cifar10(source: str | os.PathLike, split: str
     if "batches.meta" in blobs:
         data, where = blobs["batches.meta"]
         meta = safe_load(data, where)
-        names_meta = meta.get(b"label_names", meta.get("label_names")) if isinstance(meta, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        names_meta = meta.get(b"label_names", meta.get("label_names"))
         if isinstance(names_meta, list) and len(names_meta) == 10:
             classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names_meta]
     return np.concatenate(images), np.concatenate(labels), classes

@@ -66,7 +66,8 @@ def balanced_order(labels: torch.Tensor) -> torch.Tensor:
     return torch.sort(key, stable=True).indices
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: torch.Tensor, chunk: int = 4096
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 images (N, C, H, W), in [0, 1] units."""
     if images.numel() == 0:
         raise BiperError("cannot compute channel statistics of an empty dataset")

@@ -34,7 +34,13 @@ import torch
 
 from biper.data import cache as _cache
 from biper.data.cifar import ARCHIVE_NAME, FOLDER_NAME, download_cifar10, read_cifar10
-from biper.data.dataset import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ImageTensorDataset, channel_stats
+from biper.data.dataset import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    ImageTensorDataset,
+    channel_stats,
+)
 from biper.data.folder import read_folder
 from biper.data.imagenet import open_imagenet
 from biper.data.synthetic import make_synthetic

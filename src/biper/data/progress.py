@@ -66,7 +66,8 @@ class Progress:
         elif self.enabled:
             dt = max(time.perf_counter() - self.start, 1e-9)
             done = self.n * self.scale
-            line = f"biper: {self.desc}  {done:.0f} {self.unit} in {dt:.1f}s ({done / dt:.0f} {self.unit}/s)"
+            line = (f"biper: {self.desc}  {done:.0f} {self.unit} in {dt:.1f}s "
+                    f"({done / dt:.0f} {self.unit}/s)")
             sys.stderr.write(("\r" + line + "\x1b[K\n") if self._tty else line + "\n")
             sys.stderr.flush()
 
