@@ -7,6 +7,7 @@ Three operations make a binary layer (see `biper.deploy.modules`):
   bit = ``(x - thr[c]) < 0``;
 * ``im2col(words, ...)``: gather the packed pixels under each 3x3 (or any) window into rows
   ``(B*OH*OW, KH*KW*CW)``, the padding positions filled with a given word pattern;
+* ``conv2d(...)``: the three steps above in one native call (no Python in between);
 * ``gemm(A, panels, N, K, ...)``: ``acc[m, n] = K - 2 popcount(A[m] ^ Wt[n]) - corr[m % P, n]``
   as int32 and/or the per-channel affine output ``y = acc * scale[n] + shift[n]`` as float32,
   both row-major ``(M, N)`` (NHWC for convolutions). The weights come as `panel` s of 32 output
@@ -54,12 +55,13 @@ from .bitpack import WORD_BITS, n_words, pack_bits, unpack_bits
 
 __all__ = [
     "info", "backend", "set_isa", "reset", "pack", "pack_rows", "im2col", "panel", "unpanel", "gemm",
+    "conv2d", "conv_output_size",
     "ISA_NAMES", "PANEL",
 ]
 
 log = logging.getLogger("biper.deploy")
 SOURCE = Path(__file__).with_name("csrc") / "bitkernels.c"
-ABI = 2
+ABI = 3
 PANEL = 32  # output channels per weight panel (matches csrc)
 ISA_NAMES = ("portable", "avx2", "avx512")
 _FLAG_SETS = (
@@ -130,6 +132,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.biper_pack_rows.argtypes = [p, i64, i64, p, p, i32]
     lib.biper_im2col.argtypes = [p] + [i64] * 14 + [p, p, i32]
     lib.biper_gemm.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i32]
+    lib.biper_conv2d.argtypes = [p, i32] + [i64] * 4 + [p, p] + [i64] * 9 + [p] * 6 + [i32]
+    lib.biper_conv2d.restype = ctypes.c_int
     for fn in (lib.biper_pack, lib.biper_pack_rows, lib.biper_im2col, lib.biper_gemm):
         fn.restype = None
     for name in ("biper_abi", "biper_openmp", "biper_cpu_isa", "biper_get_isa"):
@@ -247,10 +251,7 @@ def im2col(words: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     fill = _check(fill, torch.int64, "fill words")
     b, h, w, cw = words.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"input {h}x{w} is too small for kernel {kh}x{kw} with padding {ph},{pw}")
+    oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
     lib = _load()
     if lib is None:
         padded = fill.view(1, 1, 1, cw).repeat(b, h + 2 * ph, w + 2 * pw, 1)
@@ -314,4 +315,42 @@ def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int =
     y = torch.empty(m, n, dtype=torch.float32) if affine else None
     lib.biper_gemm(a.data_ptr(), panels.data_ptr(), m, n, length, k, pixels, _ptr(corr), _ptr(acc),
                    _ptr(y), _ptr(scale), _ptr(shift), torch.get_num_threads())
+    return acc, y
+
+
+def conv_output_size(h: int, w: int, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """(OH, OW) of a convolution, as torch computes it."""
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"input {h}x{w} is too small for kernel {tuple(kernel)} with padding {tuple(padding)}")
+    return oh, ow
+
+
+def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: int,
+           kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           dilation: tuple[int, int], fill: torch.Tensor, corr: torch.Tensor | None,
+           scale: torch.Tensor | None, shift: torch.Tensor | None, want_acc: bool):
+    """W1A1 convolution of float32 x (B, C, H, W) (contiguous or channels_last): pack, im2col
+    and `gemm` in one call. Returns ``(acc, y)`` row-major (B*OH*OW, n) like `gemm`."""
+    b, c, h, w = x.shape
+    oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
+    lib = _load()
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if lib is None or x.dtype != torch.float32:
+        if channels_last:
+            words = pack_rows(x.permute(0, 2, 3, 1).reshape(b * h * w, c), thr)
+        else:
+            words = pack(x.contiguous().view(b, c, h * w), thr)
+        rows = im2col(words.view(b, h, w, -1), kernel, stride, padding, dilation, fill)
+        return gemm(rows, panels, n, c * kernel[0] * kernel[1], pixels=oh * ow, corr=corr,
+                    scale=scale, shift=shift, want_acc=want_acc)
+    x = x if channels_last else x.contiguous()
+    acc = torch.empty(b * oh * ow, n, dtype=torch.int32) if want_acc else None
+    y = torch.empty(b * oh * ow, n, dtype=torch.float32) if scale is not None else None
+    status = lib.biper_conv2d(x.data_ptr(), int(channels_last), b, c, h, w, _ptr(thr), panels.data_ptr(),
+                              n, *kernel, *stride, *padding, *dilation, fill.data_ptr(), _ptr(corr),
+                              _ptr(acc), _ptr(y), _ptr(scale), _ptr(shift), torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("biper_conv2d could not allocate its workspace")
     return acc, y

@@ -221,27 +221,18 @@ class PackedConv2d(_Packed):
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got shape {tuple(x.shape)}")
         thr = self.in_threshold
-        if x.dtype != torch.float32:  # exact sign on any dtype; the kernels read float32
-            shifted = x if thr is None else x - thr.to(x.dtype).view(1, -1, 1, 1)
-            words = pack_bits(shifted.permute(0, 2, 3, 1))  # (B, H, W, CW)
-        elif x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            words = kernels.pack_rows(x.permute(0, 2, 3, 1).reshape(b * h * w, c), thr)
-        else:
-            words = kernels.pack(x.contiguous().view(b, c, h * w), thr)
-        words = words.view(b, h, w, -1)
-        kh, kw = self.kernel_size
         if "fill" not in self._cache:  # the padding value's bits: -1 -> all valid bits set
-            cw = words.shape[-1]
             ones = self.pad_value == -1.0
-            self._cache["fill"] = valid_bits_mask(c) if ones else torch.zeros(cw, dtype=torch.int64)
-        fill = self._cache["fill"]
-        rows = kernels.im2col(words, self.kernel_size, self.stride, self.padding, self.dilation, fill)
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = rows.shape[0] // (b * oh)
-        acc, y = kernels.gemm(rows, self._panels(), self.out_channels, c * kh * kw, pixels=oh * ow,
-                              corr=self._correction(h, w),
-                              scale=self.out_scale if affine else None,
-                              shift=self.out_shift if affine else None, want_acc=want_acc)
+            self._cache["fill"] = valid_bits_mask(c) if ones else torch.zeros(n_words(c), dtype=torch.int64)
+        oh, ow = kernels.conv_output_size(h, w, self.kernel_size, self.stride, self.padding, self.dilation)
+        if x.dtype != torch.float32:  # exact sign on any dtype: pack here, then the float32 path
+            shifted = x if thr is None else x - thr.to(x.dtype).view(1, -1, 1, 1)
+            x = torch.where(shifted < 0, -1.0, 1.0).to(torch.float32)
+            thr = None
+        acc, y = kernels.conv2d(x, thr, self._panels(), self.out_channels, self.kernel_size,
+                                self.stride, self.padding, self.dilation, self._cache["fill"],
+                                self._correction(h, w), self.out_scale if affine else None,
+                                self.out_shift if affine else None, want_acc)
         to_nchw = lambda t: t.view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # noqa: E731
         return (to_nchw(acc) if acc is not None else None), (to_nchw(y) if y is not None else None)
 

@@ -16,6 +16,7 @@
  *   a dot product of K packed +-1 values is K - 2 * popcount(a XOR w).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -25,7 +26,7 @@
 #include <immintrin.h>
 #endif
 
-#define BIPER_ABI 2
+#define BIPER_ABI 3
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 int biper_abi(void) { return BIPER_ABI; }
@@ -158,21 +159,23 @@ void biper_im2col(const uint64_t *x, int64_t B, int64_t H, int64_t W, int64_t CW
                   int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                   int64_t DH, int64_t DW, int64_t OH, int64_t OW, const uint64_t *fill,
                   uint64_t *out, int nthreads) {
-    const int64_t rowlen = KH * KW * CW, M = B * OH * OW;
+    const int64_t rowlen = KH * KW * CW, nrow = B * OH;
     (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (M * rowlen > 65536)
-    for (int64_t m = 0; m < M; ++m) {
-        const int64_t b = m / (OH * OW), oh = (m / OW) % OH, ow = m % OW;
-        uint64_t *row = out + m * rowlen;
-        for (int64_t i = 0; i < KH; ++i) {
-            const int64_t ih = oh * SH - PH + i * DH;
-            for (int64_t j = 0; j < KW; ++j) {
-                const int64_t iw = ow * SW - PW + j * DW;
-                uint64_t *dst = row + (i * KW + j) * CW;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W)
-                    memcpy(dst, fill, CW * sizeof(uint64_t));
-                else
-                    memcpy(dst, x + ((b * H + ih) * W + iw) * CW, CW * sizeof(uint64_t));
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nrow * OW * rowlen > 65536)
+    for (int64_t bo = 0; bo < nrow; ++bo) { /* one output row (b, oh) */
+        const int64_t b = bo / OH, oh = bo % OH;
+        uint64_t *dst = out + bo * OW * rowlen;
+        for (int64_t ow = 0; ow < OW; ++ow) {
+            for (int64_t i = 0; i < KH; ++i) {
+                const int64_t ih = oh * SH - PH + i * DH;
+                const int row_in = ih >= 0 && ih < H;
+                for (int64_t j = 0; j < KW; ++j) {
+                    const int64_t iw = ow * SW - PW + j * DW;
+                    const uint64_t *src = (row_in && iw >= 0 && iw < W)
+                                              ? x + ((b * H + ih) * W + iw) * CW : fill;
+                    for (int64_t w = 0; w < CW; ++w) dst[w] = src[w];
+                    dst += CW;
+                }
             }
         }
     }
@@ -351,4 +354,39 @@ void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int
             for (int64_t r = 0; r < mr; ++r) panel_portable(&g, m + r, nb);
         }
     }
+}
+
+/* ----------------------------------------------------------------------------------------
+ * A whole W1A1 convolution in one call: pack (channels-first or channels-last float input),
+ * bit im2col (skipped for 1x1 stride-1 unpadded kernels), XNOR-popcount GEMM with the padding
+ * correction and the per-channel affine.  Outputs are row-major (B*OH*OW, N).
+ * Returns 0, or -1 when the workspace cannot be allocated.
+ * ---------------------------------------------------------------------------------------- */
+int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_t H, int64_t W,
+                 const float *thr, const uint64_t *Wp, int64_t N, int64_t KH, int64_t KW,
+                 int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
+                 const uint64_t *fill, const int32_t *corr, int32_t *acc, float *y,
+                 const float *scale, const float *shift, int nthreads) {
+    const int64_t CW = (C + 63) / 64;
+    const int64_t OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1;
+    const int64_t OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
+    const int direct = KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0;
+    uint64_t *words = (uint64_t *)malloc((size_t)(B * H * W * CW) * sizeof(uint64_t) + 64);
+    uint64_t *cols = direct ? 0 : (uint64_t *)malloc((size_t)(B * OH * OW * KH * KW * CW) * sizeof(uint64_t) + 64);
+    if (!words || (!direct && !cols)) {
+        free(words);
+        free(cols);
+        return -1;
+    }
+    if (channels_last)
+        biper_pack_rows(x, B * H * W, C, thr, words, nthreads);
+    else
+        biper_pack(x, B, C, H * W, thr, words, nthreads);
+    if (!direct)
+        biper_im2col(words, B, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, fill, cols, nthreads);
+    biper_gemm(direct ? words : cols, Wp, B * OH * OW, N, KH * KW * CW, C * KH * KW, OH * OW,
+               corr, acc, y, scale, shift, nthreads);
+    free(words);
+    free(cols);
+    return 0;
 }

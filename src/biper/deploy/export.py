@@ -1,0 +1,183 @@
+"""Export a trained binary model to a packed file, and load it back as a runnable module.
+
+`export_model(model, path)` packs the model (`pack_model`: 1 bit per binary weight, scale and
+BatchNorm folded into one per-channel affine), and writes the packed state with
+`fileformat.write_file`: full-precision layers as float32 tensors, the model's rebuild recipe
+(``model.model_config`` from `biper.models.create_model`: name, classes, options, binarize
+config), the layer swaps, the training config and the library version in the JSON header.
+`export_checkpoint` does the same from a training checkpoint.
+
+`load_packed(path)` rebuilds the architecture from the registry, redoes the swaps and loads the
+tensors with ``strict=True``: nothing in the file is ever executed. For a model outside the
+registry, pass a freshly built (unpacked) instance as ``model=``.
+
+Size accounting follows the BNN papers: 1 bit per binary weight, 32 bits per other parameter.
+
+Example::
+
+    >>> import os, tempfile, torch, biper
+    >>> from biper.deploy import export_model, load_packed
+    >>> model = biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()).eval()
+    >>> path = os.path.join(tempfile.mkdtemp(), "r20.biper")
+    >>> info = export_model(model, path)
+    >>> packed = load_packed(path)
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> bool(torch.allclose(packed(x), model(x), atol=1e-4))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BiperError
+from ..nn import BinaryConv2d, BinaryLinear
+from .convert import PackReport, apply_structure, pack_model, structure
+from .fileformat import FORMAT_VERSION, read_file, write_file
+
+__all__ = ["ExportInfo", "export_model", "export_checkpoint", "load_packed", "model_spec_from_checkpoint"]
+
+FORMAT_NAME = "biper-packed"
+
+
+@dataclass
+class ExportInfo:
+    """Result of an export: file size next to the papers' theoretical size."""
+
+    path: str
+    file_bytes: int
+    binary_weights: int
+    other_params: int
+    report: PackReport
+
+    @property
+    def theoretical_bytes(self) -> float:
+        """1 bit per binary weight + 32 bits per other parameter, in bytes."""
+        return (self.binary_weights + 32 * self.other_params) / 8
+
+    @property
+    def size_ratio(self) -> float:
+        """File size over the theoretical size (1.0 = exactly the theory)."""
+        return self.file_bytes / self.theoretical_bytes
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    """(binary weights, other parameters) of an unpacked binary model."""
+    binary = {id(m.weight) for m in model.modules()
+              if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.weight_quantizer is not None}
+    nbin = sum(p.numel() for p in model.parameters() if id(p) in binary)
+    nother = sum(p.numel() for p in model.parameters() if id(p) not in binary)
+    return nbin, nother
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: dict | None = None,
+                 config: dict | None = None, meta: dict | None = None) -> ExportInfo:
+    """Pack ``model`` and write it to ``path``; returns an `ExportInfo`.
+
+    ``model_config`` (default ``model.model_config``) lets `load_packed` rebuild the model from
+    the registry; without it the file loads only with ``load_packed(path, model=...)``.
+    ``config`` (the training config) and ``meta`` are stored as given (JSON-able).
+    """
+    model_config = model_config if model_config is not None else getattr(model, "model_config", None)
+    packed, report = pack_model(model)
+    tensors, extra = {}, {}
+    for key, value in packed.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.float() if value.is_floating_point() else value
+        else:
+            extra[key] = value  # quantizers' extra state: dicts of numbers
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "biper_version": _version(),
+        "model": model_config,
+        "structure": structure(packed, report),
+        "extra_state": extra,
+        "config": config,
+        "meta": meta or {},
+    }
+    size = write_file(path, tensors, header)
+    nbin, nother = _count(model)
+    return ExportInfo(str(path), size, nbin, nother, report)
+
+
+def model_spec_from_checkpoint(ckpt: dict) -> dict:
+    """The ``create_model`` recipe stored in a training checkpoint."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    for cand in (ckpt.get("model_config"), config.get("model_config"), config.get("model")):
+        if isinstance(cand, dict) and isinstance(cand.get("name"), str):
+            return cand
+    raise BiperError("checkpoint has no model config (expected 'model_config' with a 'name')")
+
+
+def _build(spec: Any) -> nn.Module:
+    from ..models import create_model
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise BiperError("the file has no registry model config; load it with load_packed(path, model=...)")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise BiperError(f"model kwargs must be a mapping, got {type(kwargs).__name__}")
+    return create_model(spec["name"], binarize=spec.get("binarize"),
+                        num_classes=spec.get("num_classes"), **kwargs)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **kwargs) -> ExportInfo:
+    """Rebuild the model of a training checkpoint from its config, load it, export to ``path``."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BiperError(f"checkpoint not found: {checkpoint}") from None
+    except Exception as exc:
+        raise BiperError(f"cannot read checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise BiperError(f"{checkpoint}: not a biper checkpoint (no 'model' state dict)")
+    spec = model_spec_from_checkpoint(ckpt)
+    model = _build(spec)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise BiperError(f"{checkpoint}: state dict does not match model {spec['name']!r}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    kwargs.setdefault("config", ckpt.get("config"))
+    kwargs.setdefault("meta", {"checkpoint_version": ckpt.get("version")})
+    return export_model(model.eval(), path, model_config=spec, **kwargs)
+
+
+def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """The runnable packed model stored at ``path`` (eval mode), its header as ``.packed_meta``.
+
+    ``model``: an unpacked instance of the architecture, needed only for models that are not
+    in the registry (it is copied, not modified).
+    """
+    header, tensors = read_file(path)
+    if header.get("format") != FORMAT_NAME:
+        raise BiperError(f"{path}: not a biper packed model (format {header.get('format')!r})")
+    skeleton = copy.deepcopy(model) if model is not None else _build(header.get("model"))
+    spec = header.get("structure")
+    if not isinstance(spec, dict):
+        raise BiperError(f"{path}: header has no layer structure")
+    apply_structure(skeleton, spec)
+    extra = header.get("extra_state") or {}
+    if not isinstance(extra, dict):
+        raise BiperError(f"{path}: extra_state must be a mapping")
+    try:
+        skeleton.load_state_dict({**tensors, **extra}, strict=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
+        raise BiperError(f"{path}: tensors do not match the model: {detail or exc}") from None
+    skeleton.eval()
+    skeleton.packed_meta = header
+    return skeleton
