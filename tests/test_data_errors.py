@@ -194,3 +194,10 @@ def test_default_cache_dir_falls_back_when_data_dir_is_unusable(tmp_path, monkey
     (tmp_path / "blocked").mkdir()
     (tmp_path / "blocked" / ".biper-cache").write_text("a file where the folder should go")
     assert default_cache_dir(tmp_path / "blocked") == tmp_path / "xdg" / "biper"
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)                      # read-only by mode, even for root
+    try:
+        assert default_cache_dir(tmp_path / "ro") == tmp_path / "xdg" / "biper"
+        assert not (tmp_path / "ro" / ".biper-cache").exists()
+    finally:
+        (tmp_path / "ro").chmod(0o755)

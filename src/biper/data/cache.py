@@ -12,7 +12,8 @@ folder's files) must match, and every array must match its recorded shape, dtype
 otherwise a one-line notice is printed and the caller rebuilds the entry.
 
 The default cache folder is ``<data_dir>/.biper-cache`` when that can be created, otherwise
-``$XDG_CACHE_HOME/biper`` (``~/.cache/biper``).
+``$XDG_CACHE_HOME/biper`` (``~/.cache/biper``). A data folder without write permission bits is
+treated as read-only even when running as root.
 
 Example::
 
@@ -38,18 +39,30 @@ __all__ = ["CACHE_FORMAT", "default_cache_dir", "fingerprint", "load_entry", "sa
 CACHE_FORMAT = 1
 
 
+def _writable_dir(path: Path) -> bool:
+    """Writable for us *and* not marked read-only: a folder without any write permission bit
+    counts as read-only even for root, who could write there anyway."""
+    try:
+        return path.is_dir() and os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def default_cache_dir(data_dir: str | os.PathLike | None) -> Path:
-    """``<data_dir>/.biper-cache`` if it exists or can be created, else the user cache folder."""
+    """``<data_dir>/.biper-cache`` if it is (or can be made) a writable folder, else the user
+    cache folder ``$XDG_CACHE_HOME/biper`` (``~/.cache/biper``)."""
     if data_dir is not None:
         base = Path(data_dir)
         base = base.parent if base.is_file() else base
         candidate = base / ".biper-cache"
-        try:
-            candidate.mkdir(exist_ok=True)
-            if os.access(candidate, os.W_OK):
+        if _writable_dir(candidate):
+            return candidate
+        if not candidate.exists() and _writable_dir(base):
+            try:
+                candidate.mkdir()
                 return candidate
-        except OSError:
-            pass
+            except OSError:
+                pass
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "biper"
 
