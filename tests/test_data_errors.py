@@ -98,7 +98,7 @@ def test_mixed_image_sizes_are_refused_with_both_paths(tmp_path):
 
 
 @pytest.mark.parametrize("container", ["dir", "tar"])
-def test_corrupt_and_truncated_images_are_reported_or_skipped(tmp_path, container):
+def test_corrupt_and_truncated_images_are_reported_or_skipped(tmp_path, container, capsys):
     good = _jpeg(0)
     files = {"a/0.jpg": good, "a/1.jpg": _jpeg(1)[: len(good) // 2],   # truncated JPEG
              "b/0.jpg": _jpeg(2), "b/1.png": b"\x89PNG garbage",      # not an image
@@ -116,8 +116,10 @@ def test_corrupt_and_truncated_images_are_reported_or_skipped(tmp_path, containe
         where = f"{src}:d/a/1.jpg"
     with pytest.raises(BiperError, match=f"cannot decode image {where}.*skip_corrupt=True"):
         _load(src)
+    capsys.readouterr()
     ds = _load(src, skip_corrupt=True)
     assert len(ds) == 2 and ds.class_counts() == [1, 1] and len(ds.skipped) == 3
+    assert "skipped 3 unreadable image(s)" in capsys.readouterr().err
     assert where in ds.skipped
     ref = np.asarray(Image.open(io.BytesIO(good)).convert("RGB"))
     assert torch.equal(ds.images[0], torch.from_numpy(ref.copy()).permute(2, 0, 1))

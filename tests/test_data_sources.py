@@ -87,10 +87,12 @@ def test_folder_tar_with_splits_matches_pillow_and_extracted_folder(tmp_path):
     assert len(split_root) == 9
 
 
-def test_gzipped_tar_of_a_single_split(tmp_path):
+def test_gzipped_tar_of_a_single_split_with_progress_line(tmp_path, capsys):
     files, px = _image_set(["x", "y"], 2, seed=3, fmts=("PNG",))
     _write_tar(tmp_path / "s.tar.gz", files, mode="w:gz")
-    ds = load_dataset("folder", tmp_path / "s.tar.gz", "train", cache_dir=False, progress=False)
+    ds = load_dataset("folder", tmp_path / "s.tar.gz", "train", cache_dir=False, progress=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decode" in err[0] and "4 img in" in err[0]
     assert ds.class_counts() == [2, 2]
     assert torch.equal(ds.images[0], torch.from_numpy(px["x/0000.png"]).permute(2, 0, 1))
 

@@ -93,6 +93,7 @@ def decode_many(sources: Sequence[tuple[str, Callable[[], bytes]]], *, skip_corr
             out = np.empty((n,) + arr.shape, dtype=np.uint8)           # (N, H, W, 3)
             first = where
         elif arr.shape != out.shape[1:]:
+            bar.close()
             raise BiperError(f"image {where} is {arr.shape[1]}x{arr.shape[0]} but {first} is "
                              f"{out.shape[2]}x{out.shape[1]}: an in-memory folder dataset needs one "
                              f"image size (resize the images, or use name 'imagenet' for lazy "
