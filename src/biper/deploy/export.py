@@ -41,7 +41,8 @@ from ..nn import BinaryConv2d, BinaryLinear
 from .convert import PackReport, apply_structure, pack_model, structure
 from .fileformat import FORMAT_VERSION, read_file, write_file
 
-__all__ = ["ExportInfo", "export_model", "export_checkpoint", "load_packed", "model_spec_from_checkpoint"]
+__all__ = ["ExportInfo", "export_model", "export_checkpoint", "load_packed", "model_spec_from_checkpoint",
+           "default_meta"]
 
 FORMAT_NAME = "biper-packed"
 
@@ -106,7 +107,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: dic
         "structure": structure(packed, report),
         "extra_state": extra,
         "config": config,
-        "meta": meta or {},
+        "meta": meta if meta is not None else default_meta(model_config, config),
     }
     size = write_file(path, tensors, header)
     nbin, nother = _count(model)
@@ -134,26 +135,48 @@ def _build(spec: Any) -> nn.Module:
                         num_classes=spec.get("num_classes"), **kwargs)
 
 
+def default_meta(model_config: dict | None, config: dict | None) -> dict:
+    """Input size, normalisation and class names for `biper infer`, from the registry and the
+    run config (dataset) when they are known."""
+    meta: dict[str, Any] = {}
+    if isinstance(model_config, dict) and isinstance(model_config.get("name"), str):
+        from ..models import model_info
+
+        try:
+            meta["input_size"] = list(model_info(model_config["name"]).input_size)
+        except BiperError:
+            pass
+    data = (config or {}).get("data") if isinstance(config, dict) else None
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if dataset in ("cifar10", "imagenet"):
+        from ..data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+
+        cifar = dataset == "cifar10"
+        meta["dataset"] = dataset
+        meta["mean"] = list(CIFAR10_MEAN if cifar else IMAGENET_MEAN)
+        meta["std"] = list(CIFAR10_STD if cifar else IMAGENET_STD)
+        if cifar:
+            meta["classes"] = list(CIFAR10_CLASSES)
+    return meta
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **kwargs) -> ExportInfo:
-    """Rebuild the model of a training checkpoint from its config, load it, export to ``path``."""
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise BiperError(f"checkpoint not found: {checkpoint}") from None
-    except Exception as exc:
-        raise BiperError(f"cannot read checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise BiperError(f"{checkpoint}: not a biper checkpoint (no 'model' state dict)")
+    """Rebuild the model of a training checkpoint (checksum verified, weights-only load) from its
+    ``model_config``, load its weights and export it to ``path``."""
+    from ..train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
     spec = model_spec_from_checkpoint(ckpt)
     model = _build(spec)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise BiperError(f"{checkpoint}: state dict does not match model {spec['name']!r}: "
-                         f"{str(exc).splitlines()[0]}") from None
-    kwargs.setdefault("config", ckpt.get("config"))
-    kwargs.setdefault("meta", {"checkpoint_version": ckpt.get("version")})
-    return export_model(model.eval(), path, model_config=spec, **kwargs)
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
+        raise BiperError(f"{checkpoint}: weights do not match model {spec['name']!r}: {detail}") from None
+    config = kwargs.pop("config", ckpt.get("config"))
+    meta = {**default_meta(spec, config), "checkpoint_version": ckpt.get("version"),
+            "stage": ckpt.get("stage_name"), **(kwargs.pop("meta", None) or {})}
+    return export_model(model.eval(), path, model_config=spec, config=config, meta=meta, **kwargs)
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:

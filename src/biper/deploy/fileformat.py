@@ -81,7 +81,8 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
         blobs.append((offset, data))
         offset = _align(offset + len(data))
     try:
-        header = json.dumps({**meta, "tensors": table}, sort_keys=True, allow_nan=False).encode()
+        header = json.dumps({**meta, "tensors": table}, sort_keys=True, allow_nan=False,
+                            separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise BiperError(f"model metadata is not JSON-serialisable: {exc}") from None
     start = _align(_PREFIX.size + len(header))

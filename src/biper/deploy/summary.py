@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from ..errors import BiperError
 from ..nn import BinaryConv2d, BinaryLinear
 from .modules import PackedConv2d, PackedLinear
 
-__all__ = ["LayerSummary", "ModelSummary", "summarize"]
+__all__ = ["LayerSummary", "ModelSummary", "summarize", "resolve_target"]
 
 _CONVS = (nn.Conv2d, PackedConv2d)
 _LINEARS = (nn.Linear, PackedLinear)
@@ -150,6 +151,8 @@ def _binary_input(module: nn.Module) -> bool:
 def summarize(model: nn.Module, input_size: tuple[int, ...], name: str | None = None) -> ModelSummary:
     """Per-layer parameters, memory and MACs of ``model`` for one sample of ``input_size``."""
     if not input_size or not all(isinstance(s, int) and s > 0 for s in input_size):
+        if input_size is None:
+            raise BiperError("the model's input size is unknown; pass --input-size C,H,W")
         raise BiperError(f"input_size must be positive integers like 3,32,32, got {input_size!r}")
     leaf_types = (BinaryConv2d, BinaryLinear, PackedConv2d, PackedLinear)
     summary = ModelSummary(name or type(model).__name__, tuple(input_size))
@@ -198,3 +201,52 @@ def summarize(model: nn.Module, input_size: tuple[int, ...], name: str | None = 
             summary.layers.append(LayerSummary(mname, type(model.get_submodule(mname)).__name__,
                                                None, (), nbin, nfloat, 0, 0))
     return summary
+
+
+def _registry_input_size(name: str | None):
+    from ..models import list_models, model_info
+
+    return tuple(model_info(name).input_size) if name in list_models() else None
+
+
+def _from_recipe(target: str) -> tuple[nn.Module, str, tuple | None]:
+    from ..models import create_model
+    from ..train import load_run_config, model_spec
+
+    cfg = load_run_config(target)
+    spec = model_spec(cfg, len(cfg.stages) - 1)
+    model = create_model(spec["name"], binarize=spec["binarize"], num_classes=spec["num_classes"],
+                         **spec["kwargs"])
+    return model, f"{Path(str(target)).stem} ({spec['name']})", _registry_input_size(spec["name"])
+
+
+def resolve_target(target: str, *, binarize: bool = True) -> tuple[nn.Module, str, tuple | None]:
+    """(model, display name, default input size) for a packed file, a checkpoint, a recipe
+    (name or YAML path) or a registered model name."""
+    from ..models import create_model, list_models
+    from ..recipes import list_recipes
+    from ..transform import BinarizeConfig
+    from .fileformat import is_packed_file
+
+    path = Path(target)
+    if path.is_file():
+        if is_packed_file(path):
+            from .export import load_packed
+
+            model = load_packed(path)
+            size = (model.packed_meta.get("meta") or {}).get("input_size")
+            return model, f"{path.name} (packed)", tuple(size) if size else None
+        if path.suffix in (".yaml", ".yml"):
+            return _from_recipe(str(path))
+        from ..train import build_model_from_config, load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        name = (ckpt.get("model_config") or {}).get("name")
+        return build_model_from_config(ckpt), f"{path.name} ({name})", _registry_input_size(name)
+    if target in list_models():
+        model = create_model(target, binarize=BinarizeConfig() if binarize else None)
+        return model, target, _registry_input_size(target)
+    if target in list_recipes():
+        return _from_recipe(target)
+    raise BiperError(f"{target!r} is not a file, a model ({', '.join(list_models())}) "
+                     f"or a recipe ({', '.join(list_recipes())})")

@@ -1,0 +1,64 @@
+"""``biper export CHECKPOINT -o MODEL``: write the bit-packed, pickle-free deployment file.
+
+The checkpoint's model is rebuilt from its embedded config, packed (1 bit per binary weight,
+scale and BatchNorm folded into one per-channel affine), written, then loaded back and compared
+with the checkpoint's model on random inputs (``--no-verify`` skips that check).
+"""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a trained checkpoint to a bit-packed model file")
+    p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train")
+    p.add_argument("-o", "--output", required=True, help="packed model file to write (e.g. model.biper)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip reloading the file and comparing it with the checkpoint's model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from ..deploy import export_checkpoint, load_packed
+    from ..deploy.verify import compare_models
+
+    info = export_checkpoint(args.checkpoint, args.output)
+    result = {
+        "output": info.path,
+        "file_bytes": info.file_bytes,
+        "theoretical_bytes": info.theoretical_bytes,
+        "size_ratio": round(info.size_ratio, 4),
+        "binary_weights": info.binary_weights,
+        "other_params": info.other_params,
+        "packed_layers": len(info.report.packed),
+        "folded_batchnorms": len(info.report.folded),
+        "kept_layers": [list(k) for k in info.report.kept],
+        "fold_method": info.report.fold_method,
+    }
+    if not args.no_verify:
+        from ..train import build_model_from_config, load_checkpoint
+
+        reference = build_model_from_config(load_checkpoint(args.checkpoint)).eval()
+        packed = load_packed(args.output)
+        with torch.no_grad():
+            result["verify"] = compare_models(reference, packed, packed.packed_meta["meta"].get("input_size"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"wrote {info.path}: {info.file_bytes / 1024:,.1f} KiB "
+          f"({info.size_ratio:.3f}x the theoretical {info.theoretical_bytes / 1024:,.1f} KiB: "
+          f"{info.binary_weights:,} 1-bit weights + {info.other_params:,} 32-bit parameters)")
+    print(f"packed {len(info.report.packed)} binary layers, folded {len(info.report.folded)} "
+          f"BatchNorms ({info.report.fold_method})"
+          + (f", kept {len(info.report.kept)} as they were" if info.report.kept else ""))
+    if "verify" in result:
+        v = result["verify"]
+        print(f"verified on {v['samples']} random inputs: predictions agree {v['agree']}/{v['samples']}, "
+              f"max |logit difference| {v['max_abs_diff']:.2e}")
+        if v["agree"] != v["samples"]:
+            return 1
+    return 0

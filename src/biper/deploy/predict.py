@@ -1,0 +1,131 @@
+"""Running a packed model on files: tensors (.npy / .pt) or images, and top-k predictions.
+
+Inputs, by file extension:
+
+- ``.npy`` (NumPy, ``allow_pickle=False``) or ``.pt`` (``torch.load(weights_only=True)``): an
+  already-normalised float tensor ``(C, H, W)`` or ``(N, C, H, W)``, used as is;
+- images (``.jpg``, ``.png``, ...; needs Pillow) or folders of them: converted to RGB, resized
+  (shorter side to ``H * 256/224`` then centre-cropped for inputs of 64 pixels or more, directly
+  to ``H x W`` for small CIFAR-like inputs), scaled to [0, 1] and normalised with the file's
+  ``mean``/``std`` (set at export from the training dataset) unless overridden.
+
+Example::
+
+    >>> import torch
+    >>> from biper.deploy.predict import topk
+    >>> topk(torch.tensor([[0.1, 2.0, 0.3]]), k=2, classes=["a", "b", "c"])
+    [[('b', 1, 2.0), ('c', 2, 0.3)]]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import BiperError
+
+__all__ = ["load_inputs", "topk", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _as_batch(t: torch.Tensor, source: str) -> torch.Tensor:
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    if t.dim() != 4 or not t.is_floating_point():
+        raise BiperError(f"{source}: expected a float tensor (C, H, W) or (N, C, H, W), got "
+                         f"{t.dtype} {tuple(t.shape)}")
+    return t.float()
+
+
+def _load_tensor(path: Path) -> torch.Tensor:
+    if path.suffix == ".npy":
+        import numpy as np
+
+        try:
+            return _as_batch(torch.from_numpy(np.load(path, allow_pickle=False)), str(path))
+        except ValueError as exc:
+            raise BiperError(f"{path}: cannot read .npy without pickle ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BiperError(f"{path}: cannot read tensor file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(obj, torch.Tensor):
+        raise BiperError(f"{path}: expected a tensor, got {type(obj).__name__}")
+    return _as_batch(obj, str(path))
+
+
+def _load_image(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BiperError("reading images needs Pillow: pip install 'biper[data]'") from None
+    h, w = size
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if min(h, w) >= 64:  # ImageNet-style: resize shorter side, centre crop
+                short = round(min(h, w) * 256 / 224)
+                scale = short / min(img.size)
+                img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))),
+                                 Image.BILINEAR)
+                left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
+                img = img.crop((left, top, left + w, top + h))
+            else:
+                img = img.resize((w, h), Image.BILINEAR)
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except OSError as exc:
+        raise BiperError(f"{path}: cannot read image ({exc})") from None
+    x = data.view(h, w, 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+    return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).unsqueeze(0)
+
+
+def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int] | None = None,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+                ) -> tuple[torch.Tensor, list[str]]:
+    """A batch (N, C, H, W) from tensor files, images and image folders, and one name per row."""
+    batches, names = [], []
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BiperError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BiperError(f"input {str(p)!r} does not exist")
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix in (".npy", ".pt", ".pth"):
+            t = _load_tensor(f)
+            names += [f"{f}[{i}]" for i in range(len(t))] if len(t) > 1 else [str(f)]
+        elif suffix in IMAGE_SUFFIXES:
+            if input_size is None or mean is None or std is None:
+                raise BiperError("images need the model's input size and normalisation; the file has "
+                                 "none, pass --input-size, --mean and --std")
+            t = _load_image(f, (int(input_size[-2]), int(input_size[-1])), mean, std)
+            names.append(str(f))
+        else:
+            raise BiperError(f"{f}: unsupported input type {suffix!r}; use .npy, .pt or an image "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+        batches.append(t)
+    shapes = {tuple(b.shape[1:]) for b in batches}
+    if len(shapes) > 1:
+        raise BiperError(f"inputs have different shapes {sorted(shapes)}; give one shape per run")
+    return torch.cat(batches), names
+
+
+def topk(logits: torch.Tensor, k: int = 5, classes: Sequence[str] | None = None) -> list[list[tuple]]:
+    """Per row: [(label, index, logit), ...] for the k largest logits, best first."""
+    k = max(1, min(int(k), logits.shape[-1]))
+    values, indices = logits.topk(k, dim=-1)
+    out = []
+    for vals, idx in zip(values.tolist(), indices.tolist()):
+        out.append([((classes[i] if classes and i < len(classes) else str(i)), i, round(v, 6))
+                    for v, i in zip(vals, idx)])
+    return out
