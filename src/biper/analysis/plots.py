@@ -52,6 +52,38 @@ def _save(fig, path: str | os.PathLike) -> str:
     return path
 
 
+def _draw_monte_carlo(axes, handles, xs, mc_n: int, bs, seed: int) -> None:
+    """Monte Carlo QE points at each x for every b (omega0 = x / b), gamma = 1 and gamma*."""
+    import torch
+    from matplotlib.lines import Line2D
+
+    from ..quantizers import get_quantizer
+    from .measure import qe_monte_carlo
+
+    ax, zoom = axes
+    markers = "osD^v"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small estimates: extra threads only add overhead
+    try:
+        for k, b in enumerate(bs):
+            shift = 1.0 + 0.07 * (k - (len(bs) - 1) / 2)  # side by side, each at its own exact x
+            for gamma, color in ((1.0, "C0"), ("opt", "C1")):
+                xk, ys, es = xs * shift, [], []
+                for xv in xk:
+                    q = get_quantizer("biper", omega0=float(xv / b))
+                    mc = qe_monte_carlo(q, "laplace", scale=b, n=mc_n, gamma=gamma, seed=seed + k)
+                    ys.append(mc.qe)
+                    es.append(2 * mc.stderr)
+                for a in (ax, zoom) if gamma == "opt" else (ax,):
+                    a.errorbar(xk, ys, yerr=es, fmt=markers[k % len(markers)], ms=4, mfc="none",
+                               color=color, lw=0.8, capsize=2)
+            handles.append(Line2D([], [], marker=markers[k % len(markers)], mfc="none", color="0.2",
+                                  ls="none", label=f"Monte Carlo, b = {b:g}, omega0 = x/b"))
+    finally:
+        torch.set_num_threads(threads)
+    handles.append(Line2D([], [], color="none", label=f"(n = {mc_n} draws per point, bars = ±2 s.e.)"))
+
+
 def plot_qe_curve(path: str | os.PathLike, *, x_range: tuple[float, float] = (0.03, 100.0),
                   mc_n: int = 20_000, mc_points: int = 11, bs: Sequence[float] = (0.01, 0.05, 0.2),
                   seed: int = 0, mark_x: float | None = None) -> str:
@@ -62,9 +94,6 @@ def plot_qe_curve(path: str | os.PathLike, *, x_range: tuple[float, float] = (0.
     lo, hi = x_range
     if not (0 < lo < hi and math.isfinite(hi)):
         raise BiperError(f"x_range must satisfy 0 < low < high, got {x_range!r}")
-    from ..quantizers import get_quantizer
-    from .measure import qe_monte_carlo
-
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -88,23 +117,8 @@ def plot_qe_curve(path: str | os.PathLike, *, x_range: tuple[float, float] = (0.
                Line2D([], [], color="0.45", lw=1.2, ls="--", label=r"E[sin$^2(\omega_0 w)$] = QE($\gamma$ = 0)"),
                Line2D([], [], color="0.3", lw=0.8, ls=":", label="limits as x → ∞")]
     if mc_n:
-        xs = np.logspace(math.log10(lo), math.log10(hi / 2.0), mc_points)  # keep the limit labels clear
-        markers = "osD^v"
-        for k, b in enumerate(bs):
-            shift = 1.0 + 0.07 * (k - (len(bs) - 1) / 2)  # side by side, each at its own exact x
-            for gamma, color in ((1.0, "C0"), ("opt", "C1")):
-                xk, ys, es = xs * shift, [], []
-                for xv in xk:
-                    q = get_quantizer("biper", omega0=float(xv / b))
-                    mc = qe_monte_carlo(q, "laplace", scale=b, n=mc_n, gamma=gamma, seed=seed + k)
-                    ys.append(mc.qe)
-                    es.append(2 * mc.stderr)
-                for a in (ax, zoom) if gamma == "opt" else (ax,):
-                    a.errorbar(xk, ys, yerr=es, fmt=markers[k % len(markers)], ms=4, mfc="none",
-                               color=color, lw=0.8, capsize=2)
-            handles.append(Line2D([], [], marker=markers[k % len(markers)], mfc="none", color="0.2",
-                                  ls="none", label=f"Monte Carlo, b = {b:g}, omega0 = x/b"))
-        handles.append(Line2D([], [], color="none", label=f"(n = {mc_n} draws per point, bars = ±2 s.e.)"))
+        _draw_monte_carlo((ax, zoom), handles, np.logspace(math.log10(lo), math.log10(hi / 2.0), mc_points),
+                          mc_n, bs, seed)  # stop at hi/2 to keep the limit labels clear
     if mark_x is not None:
         for a in (ax, zoom):
             a.axvline(mark_x, color="k", lw=0.8, ls="-.")

@@ -131,14 +131,14 @@ def qe_limit(gamma=1.0):
 def frac_beyond_first_lobe(x):
     """P(|w| > pi/omega0) = e^{-pi/x}: weights past the first lobe of the square wave."""
     x = _as_array(x)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return np.exp(-np.pi / x)
 
 
 def frac_sign_flip(x):
     """P(sign(sin(omega0 w)) != sign(w)) = 1/(e^{pi/x} + 1) = (1 - tanh(pi/(2x))) / 2."""
     x = _as_array(x)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return 0.5 * (1.0 - np.tanh(np.pi / (2.0 * x)))
 
 
