@@ -231,3 +231,36 @@ def test_unsupported_layers_are_refused():
     layer.input_quantizer = Odd()
     with pytest.raises(BiperError, match="does not deploy as sign"):
         PackedConv2d.from_binary(layer)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"], indirect=True)
+def test_fused_residual_tail_is_bit_exact(backend):
+    gen = torch.Generator().manual_seed(5)
+    layer = _randomize_(BinaryConv2d(70, 33, 3, padding=1, bias=True), gen)
+    packed = PackedConv2d.from_binary(layer)
+    x = torch.randn(2, 70, 6, 7, generator=gen)
+    r = torch.randn(2, 33, 6, 7, generator=gen)
+    r[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        y = packed(x)
+        for clamp in (None, (-1.0, 1.0), (0.0, float("inf"))):
+            for res in (r, r.contiguous(memory_format=torch.channels_last), r[:, :, :1, :1]):
+                expected = y + res
+                expected = torch.clamp(expected, *clamp) if clamp else expected
+                torch.testing.assert_close(packed(x, res, clamp=clamp), expected, rtol=0, atol=0,
+                                           equal_nan=True)
+
+
+def test_optimize_folds_fuses_and_keeps_outputs():
+    from biper.deploy.optimize import optimize
+
+    net = _net()
+    packed, _ = pack_model(net)
+    fast = optimize(pack_model(net)[0])
+    assert isinstance(fast, torch.fx.GraphModule)
+    assert fast.fused_epilogues == 2  # conv1 of each block; conv2's output is used twice
+    assert sum(type(m) is nn.BatchNorm2d for m in fast.modules()) == 2  # the stem BN was folded
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x), packed(x), rtol=1e-5, atol=1e-5)

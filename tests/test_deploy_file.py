@@ -80,7 +80,9 @@ def test_custom_model_needs_a_skeleton(tmp_path):
                              nn.Flatten(), BinaryLinear(8 * 16, 4, input_quantizer="rsign"))
     packed = load_packed(tmp_path / "c.biper", model=skeleton)
     assert isinstance(skeleton[0], BinaryConv2d), "the skeleton is copied, not modified"
-    assert isinstance(packed[3], PackedLinear) and packed[3].in_threshold is not None
+    head = packed.get_submodule("3")
+    assert isinstance(head, PackedLinear) and head.in_threshold is not None
+    assert isinstance(load_packed(tmp_path / "c.biper", model=skeleton, optimize=False), nn.Sequential)
     x = torch.randn(3, 3, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(packed(x), net(x), rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ from ..nn import BinaryConv2d, BinaryLinear
 from ..quantizers import Quantizer
 from .modules import PACKED_TYPES, PackedConv2d, PackedLinear
 
-__all__ = ["PackReport", "pack_model", "find_binary_bn_pairs", "apply_structure"]
+__all__ = ["PackReport", "pack_model", "find_binary_bn_pairs", "find_bn_pairs", "apply_structure", "Tracer"]
 
 log = logging.getLogger("biper.deploy")
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -57,11 +57,17 @@ class PackReport:
     fold_method: str = "fx"
 
 
-class _Tracer(torch.fx.Tracer):
+class Tracer(torch.fx.Tracer):
+    """fx tracer for which binary and packed layers and quantizers are leaves."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (BinaryConv2d, BinaryLinear, Quantizer)):
+        if isinstance(m, (BinaryConv2d, BinaryLinear, Quantizer, PackedConv2d, PackedLinear)):
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def _is_binary(m: nn.Module) -> bool:
+    return isinstance(m, (BinaryConv2d, BinaryLinear))
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -71,17 +77,22 @@ def _foldable(bn: nn.Module) -> bool:
 
 def find_binary_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
     """[(binary_layer_name, batchnorm_name)] that can be folded, and how they were found."""
+    return find_bn_pairs(model, _is_binary)
+
+
+def find_bn_pairs(model: nn.Module, is_layer) -> tuple[list[tuple[str, str]], str]:
+    """[(layer_name, batchnorm_name)] for layers ``is_layer(module)`` whose output feeds only a
+    BatchNorm that is called once on it, and how they were found."""
     modules = dict(model.named_modules())
     try:
-        graph = _Tracer().trace(model)
+        graph = Tracer().trace(model)
     except Exception as exc:  # data-dependent control flow, unsupported ops, ...
         if hasattr(model, "conv_bn_pairs"):
             pairs = [tuple(p) for p in model.conv_bn_pairs()]
             for layer, bn in pairs:
                 if layer not in modules or bn not in modules:
                     raise BiperError(f"conv_bn_pairs() names a missing module in ({layer!r}, {bn!r})")
-            pairs = [(a, b) for a, b in pairs if isinstance(modules[a], (BinaryConv2d, BinaryLinear))
-                     and _foldable(modules[b])]
+            pairs = [(a, b) for a, b in pairs if is_layer(modules[a]) and _foldable(modules[b])]
             return pairs, "model.conv_bn_pairs()"
         log.warning("biper: cannot trace %s (%s); BatchNorms are kept unfused",
                     type(model).__name__, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -92,7 +103,7 @@ def find_binary_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), (BinaryConv2d, BinaryLinear)):
+        if node.op != "call_module" or not is_layer(modules.get(node.target)):
             continue
         users = list(node.users)
         if len(users) != 1 or calls[node.target] != 1:

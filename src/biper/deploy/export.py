@@ -179,11 +179,15 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **
     return export_model(model.eval(), path, model_config=spec, config=config, meta=meta, **kwargs)
 
 
-def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load_packed(path: str | os.PathLike, model: nn.Module | None = None, *,
+                optimize: bool = True) -> nn.Module:
     """The runnable packed model stored at ``path`` (eval mode), its header as ``.packed_meta``.
 
     ``model``: an unpacked instance of the architecture, needed only for models that are not
-    in the registry (it is copied, not modified).
+    in the registry (it is copied, not modified). ``optimize`` applies
+    `biper.deploy.optimize.optimize` (float Conv+BN folding, fused residual tails, NHWC); the
+    result is then a `torch.fx.GraphModule` when the model can be traced. With
+    ``optimize=False`` the model keeps its own class and module tree.
     """
     header, tensors = read_file(path)
     if header.get("format") != FORMAT_NAME:
@@ -202,5 +206,9 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.M
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
         raise BiperError(f"{path}: tensors do not match the model: {detail or exc}") from None
     skeleton.eval()
+    if optimize:
+        from .optimize import optimize as _optimize
+
+        skeleton = _optimize(skeleton)
     skeleton.packed_meta = header
     return skeleton

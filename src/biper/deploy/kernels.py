@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger("biper.deploy")
 SOURCE = Path(__file__).with_name("csrc") / "bitkernels.c"
-ABI = 3
+ABI = 4
 PANEL = 32  # output channels per weight panel (matches csrc)
 ISA_NAMES = ("portable", "avx2", "avx512")
 _FLAG_SETS = (
@@ -131,8 +131,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.biper_pack.argtypes = [p, i64, i64, i64, p, p, i32]
     lib.biper_pack_rows.argtypes = [p, i64, i64, p, p, i32]
     lib.biper_im2col.argtypes = [p] + [i64] * 14 + [p, p, i32]
-    lib.biper_gemm.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i32]
-    lib.biper_conv2d.argtypes = [p, i32] + [i64] * 4 + [p, p] + [i64] * 9 + [p] * 6 + [i32]
+    f32 = ctypes.c_float
+    lib.biper_gemm.argtypes = [p, p, i64, i64, i64, i64, i64, p, p, p, p, p, p, i32, f32, f32, i32]
+    lib.biper_conv2d.argtypes = [p, i32] + [i64] * 4 + [p, p] + [i64] * 9 + [p] * 7 + [i32, f32, f32, i32]
     lib.biper_conv2d.restype = ctypes.c_int
     for fn in (lib.biper_pack, lib.biper_pack_rows, lib.biper_im2col, lib.biper_gemm):
         fn.restype = None
@@ -279,15 +280,34 @@ def unpanel(panels: torch.Tensor, n: int) -> torch.Tensor:
     return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:n]
 
 
+def _epilogue_args(residual, clamp, m: int, n: int):
+    if residual is not None:
+        residual = _check(residual, torch.float32, "residual")
+        if residual.shape != (m, n):
+            raise ValueError(f"residual must have shape {(m, n)}, got {tuple(residual.shape)}")
+    lo, hi = clamp if clamp is not None else (0.0, 0.0)
+    return residual, int(clamp is not None), float(lo), float(hi)
+
+
+def _reference_epilogue(y, residual, clamp):
+    if residual is not None:
+        y = y + residual
+    if clamp is not None:
+        y = torch.clamp(y, clamp[0], clamp[1])
+    return y
+
+
 def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int = 1,
          corr: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-         shift: torch.Tensor | None = None, want_acc: bool = True):
+         shift: torch.Tensor | None = None, want_acc: bool = True,
+         residual: torch.Tensor | None = None, clamp: tuple[float, float] | None = None):
     """XNOR-popcount product of packed rows with packed weights.
 
     a (M, L) int64 words and ``panels = panel(wt)`` for weights wt (n, L), each row holding
     ``k`` valid bits (all other bits 0). Returns ``(acc, y)``: acc (M, n) int32 =
     ``k - 2 popcount(a ^ wt) - corr[m % pixels]`` (None unless ``want_acc``) and, when
-    ``scale``/``shift`` (n,) are given, y (M, n) float32 = ``acc * scale + shift`` (else None).
+    ``scale``/``shift`` (n,) are given, y (M, n) float32 = ``acc * scale + shift`` (else None),
+    then ``+ residual`` (M, n) and clamped to ``clamp = (lo, hi)`` when those are given.
     """
     a, panels = _check(a, torch.int64, "packed rows"), _check(panels, torch.int64, "weight panels")
     m, length = a.shape
@@ -300,6 +320,7 @@ def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int =
     affine = scale is not None
     if affine:
         scale, shift = _check(scale, torch.float32, "scale"), _check(shift, torch.float32, "shift")
+    residual, do_clamp, lo, hi = _epilogue_args(residual, clamp, m, n)
     lib = _load()
     if lib is None:
         total = length * WORD_BITS
@@ -309,12 +330,13 @@ def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int =
         acc = (dot - (total - k)).to(torch.int32)
         if corr is not None:
             acc = (acc.view(m // pixels, pixels, n) - corr.view(1, pixels, n)).view(m, n)
-        y = acc.to(torch.float32) * scale + shift if affine else None
+        y = _reference_epilogue(acc.to(torch.float32) * scale + shift, residual, clamp) if affine else None
         return (acc if want_acc else None), y
     acc = torch.empty(m, n, dtype=torch.int32) if want_acc else None
     y = torch.empty(m, n, dtype=torch.float32) if affine else None
     lib.biper_gemm(a.data_ptr(), panels.data_ptr(), m, n, length, k, pixels, _ptr(corr), _ptr(acc),
-                   _ptr(y), _ptr(scale), _ptr(shift), torch.get_num_threads())
+                   _ptr(y), _ptr(scale), _ptr(shift), _ptr(residual), do_clamp, lo, hi,
+                   torch.get_num_threads())
     return acc, y
 
 
@@ -330,9 +352,11 @@ def conv_output_size(h: int, w: int, kernel, stride, padding, dilation) -> tuple
 def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: int,
            kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
            dilation: tuple[int, int], fill: torch.Tensor, corr: torch.Tensor | None,
-           scale: torch.Tensor | None, shift: torch.Tensor | None, want_acc: bool):
+           scale: torch.Tensor | None, shift: torch.Tensor | None, want_acc: bool,
+           residual: torch.Tensor | None = None, clamp: tuple[float, float] | None = None):
     """W1A1 convolution of float32 x (B, C, H, W) (contiguous or channels_last): pack, im2col
-    and `gemm` in one call. Returns ``(acc, y)`` row-major (B*OH*OW, n) like `gemm`."""
+    and `gemm` in one call. Returns ``(acc, y)`` row-major (B*OH*OW, n) like `gemm`;
+    ``residual`` is (B*OH*OW, n) row-major (an NHWC tensor)."""
     b, c, h, w = x.shape
     oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
     lib = _load()
@@ -344,13 +368,15 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
             words = pack(x.contiguous().view(b, c, h * w), thr)
         rows = im2col(words.view(b, h, w, -1), kernel, stride, padding, dilation, fill)
         return gemm(rows, panels, n, c * kernel[0] * kernel[1], pixels=oh * ow, corr=corr,
-                    scale=scale, shift=shift, want_acc=want_acc)
+                    scale=scale, shift=shift, want_acc=want_acc, residual=residual, clamp=clamp)
+    residual, do_clamp, lo, hi = _epilogue_args(residual, clamp, b * oh * ow, n)
     x = x if channels_last else x.contiguous()
     acc = torch.empty(b * oh * ow, n, dtype=torch.int32) if want_acc else None
     y = torch.empty(b * oh * ow, n, dtype=torch.float32) if scale is not None else None
     status = lib.biper_conv2d(x.data_ptr(), int(channels_last), b, c, h, w, _ptr(thr), panels.data_ptr(),
                               n, *kernel, *stride, *padding, *dilation, fill.data_ptr(), _ptr(corr),
-                              _ptr(acc), _ptr(y), _ptr(scale), _ptr(shift), torch.get_num_threads())
+                              _ptr(acc), _ptr(y), _ptr(scale), _ptr(shift), _ptr(residual), do_clamp,
+                              lo, hi, torch.get_num_threads())
     if status != 0:
         raise MemoryError("biper_conv2d could not allocate its workspace")
     return acc, y

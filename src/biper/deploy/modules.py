@@ -95,6 +95,13 @@ def _input_threshold(q: nn.Module, channels: int, conv: bool) -> torch.Tensor | 
     return thr if bool(thr.any()) else None
 
 
+def _epilogue(y: torch.Tensor, residual: torch.Tensor | None, clamp) -> torch.Tensor:
+    """The fused tail in plain torch: ``clamp(y + residual, lo, hi)`` (each part optional)."""
+    if residual is not None:
+        y = y + residual
+    return torch.clamp(y, clamp[0], clamp[1]) if clamp is not None else y
+
+
 class _Packed(nn.Module):
     """Shared buffers, caches and conversion of the packed layers."""
 
@@ -117,10 +124,11 @@ class _Packed(nn.Module):
         return self._cache["panels"]
 
     def _set_from(self, layer: nn.Module, bn: nn.Module | None, wq: torch.Tensor) -> None:
-        if not torch.equal(wq.abs(), torch.ones_like(wq)):
+        if not bool((wq.abs() == 1).all()):
             raise BiperError("the weight quantizer's deployment values are not all +-1")
         with torch.no_grad():
-            self.weight_bits.copy_(pack_bits(wq).reshape(wq.shape[0], -1))
+            rows = wq.reshape(-1, wq.shape[-1]).to(torch.float32).contiguous()  # (Cout*taps, Cin)
+            self.weight_bits.copy_(kernels.pack_rows(rows).reshape(wq.shape[0], -1))
             scale, shift = fold_affine(layer, bn)
             self.out_scale.copy_(scale)
             self.out_shift.copy_(shift)
@@ -216,7 +224,7 @@ class PackedConv2d(_Packed):
             self._cache[key] = corr[0].permute(1, 2, 0).reshape(-1, self.out_channels).round().to(torch.int32).contiguous()
         return self._cache[key]
 
-    def _gemm(self, x: torch.Tensor, want_acc: bool, affine: bool):
+    def _gemm(self, x: torch.Tensor, want_acc: bool, affine: bool, residual=None, clamp=None):
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got shape {tuple(x.shape)}")
@@ -229,10 +237,12 @@ class PackedConv2d(_Packed):
             shifted = x if thr is None else x - thr.to(x.dtype).view(1, -1, 1, 1)
             x = torch.where(shifted < 0, -1.0, 1.0).to(torch.float32)
             thr = None
+        if residual is not None:  # (B, Cout, OH, OW) -> NHWC rows; a view when channels_last
+            residual = residual.permute(0, 2, 3, 1).reshape(b * oh * ow, self.out_channels)
         acc, y = kernels.conv2d(x, thr, self._panels(), self.out_channels, self.kernel_size,
                                 self.stride, self.padding, self.dilation, self._cache["fill"],
                                 self._correction(h, w), self.out_scale if affine else None,
-                                self.out_shift if affine else None, want_acc)
+                                self.out_shift if affine else None, want_acc, residual, clamp)
         to_nchw = lambda t: t.view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # noqa: E731
         return (to_nchw(acc) if acc is not None else None), (to_nchw(y) if y is not None else None)
 
@@ -243,9 +253,17 @@ class PackedConv2d(_Packed):
             raise BiperError("accumulate() is for W1A1 layers; this layer has real inputs")
         return self._gemm(x, want_acc=True, affine=False)[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, OH, OW)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                clamp: tuple[float, float] | None = None) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, OH, OW); with ``residual`` / ``clamp`` (the fused tail of
+        a residual block, see `biper.deploy.optimize`): ``clamp(y + residual, lo, hi)``."""
         if self.binary_input:
-            return self._gemm(x, want_acc=False, affine=True)[1].to(x.dtype)
+            fusable = residual is None or (residual.dtype == torch.float32 and residual.shape == (
+                x.shape[0], self.out_channels, *kernels.conv_output_size(
+                    x.shape[2], x.shape[3], self.kernel_size, self.stride, self.padding, self.dilation)))
+            if x.dtype == torch.float32 and fusable:
+                return self._gemm(x, False, True, residual, clamp)[1]
+            return _epilogue(self._gemm(x, False, True)[1].to(x.dtype), residual, clamp)
         if "weight" not in self._cache:
             self._cache["weight"] = self.weight_pm1()
         weight = self._cache["weight"].to(x.dtype)
@@ -255,7 +273,8 @@ class PackedConv2d(_Packed):
                          self.stride, 0, self.dilation)
         else:
             y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
-        return y * self.out_scale.view(1, -1, 1, 1).to(y.dtype) + self.out_shift.view(1, -1, 1, 1).to(y.dtype)
+        y = y * self.out_scale.view(1, -1, 1, 1).to(y.dtype) + self.out_shift.view(1, -1, 1, 1).to(y.dtype)
+        return _epilogue(y, residual, clamp)
 
     def extra_repr(self) -> str:
         mode = "W1A1" if self.binary_input else "W1A32"
@@ -324,13 +343,15 @@ class PackedLinear(_Packed):
             raise BiperError("accumulate() is for W1A1 layers; this layer has real inputs")
         return self._gemm(x, want_acc=True, affine=False)[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                clamp: tuple[float, float] | None = None) -> torch.Tensor:
+        """(..., in) -> (..., out); ``residual`` / ``clamp`` as for `PackedConv2d`."""
         if self.binary_input:
-            return self._gemm(x, want_acc=False, affine=True)[1].to(x.dtype)
+            return _epilogue(self._gemm(x, want_acc=False, affine=True)[1].to(x.dtype), residual, clamp)
         if "weight" not in self._cache:
             self._cache["weight"] = self.weight_pm1()
         y = F.linear(x, self._cache["weight"].to(x.dtype))
-        return y * self.out_scale.to(y.dtype) + self.out_shift.to(y.dtype)
+        return _epilogue(y * self.out_scale.to(y.dtype) + self.out_shift.to(y.dtype), residual, clamp)
 
     def extra_repr(self) -> str:
         mode = "W1A1" if self.binary_input else "W1A32"

@@ -233,7 +233,7 @@ def resolve_target(target: str, *, binarize: bool = True) -> tuple[nn.Module, st
         if is_packed_file(path):
             from .export import load_packed
 
-            model = load_packed(path)
+            model = load_packed(path, optimize=False)
             size = (model.packed_meta.get("meta") or {}).get("input_size")
             return model, f"{path.name} (packed)", tuple(size) if size else None
         if path.suffix in (".yaml", ".yml"):

@@ -26,7 +26,7 @@
 #include <immintrin.h>
 #endif
 
-#define BIPER_ABI 3
+#define BIPER_ABI 4
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 int biper_abi(void) { return BIPER_ABI; }
@@ -188,7 +188,9 @@ void biper_im2col(const uint64_t *x, int64_t B, int64_t H, int64_t W, int64_t CW
  * accumulates one output and no horizontal reduction is needed.  For each (m, n):
  *     acc = K - 2 * popcount(A[m] ^ Wt[n]) - corr[m % P, n]        (corr may be NULL)
  * Outputs, both row-major (M, N) (NHWC for convolutions), either may be NULL:
- *     acc_out int32;   y float = (float)acc * scale[n] + shift[n]  (a multiply then an add).
+ *     acc_out int32;   y float = (float)acc * scale[n] + shift[n]  (a multiply then an add),
+ * then optionally (the fused tail of a residual block) y = y + res[m, n] and
+ * y = min(max(y, lo), hi) (NaN propagates, as in torch.clamp).
  * ---------------------------------------------------------------------------------------- */
 #define PANEL 32
 
@@ -199,6 +201,9 @@ typedef struct {
     int32_t *acc;
     float *y;
     const float *scale, *shift;
+    const float *res; /* (M, N) residual added to y, or NULL */
+    int clamp;        /* clamp y to [lo, hi] */
+    float lo, hi;
 } gemm_t;
 
 /* Finish `cnt` outputs of row m starting at column n from their popcounts. */
@@ -211,7 +216,13 @@ static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
         if (g->acc) g->acc[m * g->N + n + j] = a;
         if (g->y) {
             const float prod = (float)a * g->scale[n + j];
-            g->y[m * g->N + n + j] = prod + g->shift[n + j];
+            float v = prod + g->shift[n + j];
+            if (g->res) v = v + g->res[m * g->N + n + j];
+            if (g->clamp) {
+                v = g->lo > v ? g->lo : v; /* NaN stays NaN */
+                v = g->hi < v ? g->hi : v;
+            }
+            g->y[m * g->N + n + j] = v;
         }
     }
 }
@@ -268,8 +279,13 @@ body512(const gemm_t *g, int64_t m, int64_t nb, const int MR) {
             if (g->acc) _mm256_mask_storeu_epi32(g->acc + row + n, mk, a);
             if (g->y) {
                 const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskz_loadu_ps(mk, g->scale + n));
-                _mm256_mask_storeu_ps(g->y + row + n, mk,
-                                      _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n)));
+                __m256 v = _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n));
+                if (g->res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(mk, g->res + row + n));
+                if (g->clamp) { /* max/min return the second operand when one is NaN */
+                    v = _mm256_max_ps(_mm256_set1_ps(g->lo), v);
+                    v = _mm256_min_ps(_mm256_set1_ps(g->hi), v);
+                }
+                _mm256_mask_storeu_ps(g->y + row + n, mk, v);
             }
         }
     }
@@ -333,8 +349,9 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, int64_t);
 /* -- driver: tasks are (panel, block of 4 rows), consecutive tasks share a panel ---------- */
 void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int64_t KWD,
                 int64_t K, int64_t P, const int32_t *corr, int32_t *acc, float *y,
-                const float *scale, const float *shift, int nthreads) {
-    gemm_t g = {A, Wp, M, N, KWD, K, P, corr, acc, y, scale, shift};
+                const float *scale, const float *shift, const float *res, int clamp, float lo,
+                float hi, int nthreads) {
+    gemm_t g = {A, Wp, M, N, KWD, K, P, corr, acc, y, scale, shift, res, clamp, lo, hi};
     const int isa = biper_get_isa();
     rows_fn fns[5] = {0, 0, 0, 0, 0};
 #ifdef BIPER_X86
@@ -366,7 +383,8 @@ int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_
                  const float *thr, const uint64_t *Wp, int64_t N, int64_t KH, int64_t KW,
                  int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
                  const uint64_t *fill, const int32_t *corr, int32_t *acc, float *y,
-                 const float *scale, const float *shift, int nthreads) {
+                 const float *scale, const float *shift, const float *res, int clamp, float lo,
+                 float hi, int nthreads) {
     const int64_t CW = (C + 63) / 64;
     const int64_t OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1;
     const int64_t OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
@@ -385,7 +403,7 @@ int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_
     if (!direct)
         biper_im2col(words, B, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, fill, cols, nthreads);
     biper_gemm(direct ? words : cols, Wp, B * OH * OW, N, KH * KW * CW, C * KH * KW, OH * OW,
-               corr, acc, y, scale, shift, nthreads);
+               corr, acc, y, scale, shift, res, clamp, lo, hi, nthreads);
     free(words);
     free(cols);
     return 0;
