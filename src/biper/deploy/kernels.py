@@ -281,6 +281,8 @@ def unpanel(panels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _epilogue_args(residual, clamp, m: int, n: int):
+    if residual is None and clamp is None:
+        return None, 0, 0.0, 0.0
     if residual is not None:
         residual = _check(residual, torch.float32, "residual")
         if residual.shape != (m, n):

@@ -208,6 +208,14 @@ class PackedConv2d(_Packed):
         w = unpack_bits(self.weight_bits.view(self.out_channels, kh * kw, -1), self.in_channels)
         return w.view(self.out_channels, kh, kw, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
+    def _plan(self, h: int, w: int) -> tuple[int, int, torch.Tensor | None]:
+        """(OH, OW, padding correction) for an H x W input, cached."""
+        key = ("plan", h, w)
+        if key not in self._cache:
+            oh, ow = kernels.conv_output_size(h, w, self.kernel_size, self.stride, self.padding, self.dilation)
+            self._cache[key] = (oh, ow, self._correction(h, w))
+        return self._cache[key]
+
     def _correction(self, h: int, w: int) -> torch.Tensor | None:
         """(OH*OW, Cout) int32: contribution of the zero-padded taps that were packed as +1."""
         if self.pad_value != 0.0 or not any(self.padding):
@@ -232,7 +240,7 @@ class PackedConv2d(_Packed):
         if "fill" not in self._cache:  # the padding value's bits: -1 -> all valid bits set
             ones = self.pad_value == -1.0
             self._cache["fill"] = valid_bits_mask(c) if ones else torch.zeros(n_words(c), dtype=torch.int64)
-        oh, ow = kernels.conv_output_size(h, w, self.kernel_size, self.stride, self.padding, self.dilation)
+        oh, ow, corr = self._plan(h, w)
         if x.dtype != torch.float32:  # exact sign on any dtype: pack here, then the float32 path
             shifted = x if thr is None else x - thr.to(x.dtype).view(1, -1, 1, 1)
             x = torch.where(shifted < 0, -1.0, 1.0).to(torch.float32)
@@ -241,7 +249,7 @@ class PackedConv2d(_Packed):
             residual = residual.permute(0, 2, 3, 1).reshape(b * oh * ow, self.out_channels)
         acc, y = kernels.conv2d(x, thr, self._panels(), self.out_channels, self.kernel_size,
                                 self.stride, self.padding, self.dilation, self._cache["fill"],
-                                self._correction(h, w), self.out_scale if affine else None,
+                                corr, self.out_scale if affine else None,
                                 self.out_shift if affine else None, want_acc, residual, clamp)
         to_nchw = lambda t: t.view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # noqa: E731
         return (to_nchw(acc) if acc is not None else None), (to_nchw(y) if y is not None else None)
@@ -259,8 +267,7 @@ class PackedConv2d(_Packed):
         a residual block, see `biper.deploy.optimize`): ``clamp(y + residual, lo, hi)``."""
         if self.binary_input:
             fusable = residual is None or (residual.dtype == torch.float32 and residual.shape == (
-                x.shape[0], self.out_channels, *kernels.conv_output_size(
-                    x.shape[2], x.shape[3], self.kernel_size, self.stride, self.padding, self.dilation)))
+                x.shape[0], self.out_channels, *self._plan(x.shape[2], x.shape[3])[:2]))
             if x.dtype == torch.float32 and fusable:
                 return self._gemm(x, False, True, residual, clamp)[1]
             return _epilogue(self._gemm(x, False, True)[1].to(x.dtype), residual, clamp)

@@ -1,0 +1,216 @@
+"""Packed XNOR-popcount inference vs float32 PyTorch, measured side by side in one run.
+
+Run as ``python benchmarks/bench_deploy.py`` or ``biper bench``.
+
+Cases (each packed layer/model is compared with its float32 PyTorch counterpart at the same
+thread count; rounds interleave the contenders so that both see the same machine load, and
+each round calls a contender 5 times in a row so that the median reflects warm caches):
+
+- ResNet-18 3x3 conv 256->256 at 14x14, batch 1 and 16 (W1A1 `PackedConv2d`, whole layer:
+  input packing, popcount GEMM, zero-padding correction, folded affine output), fed NCHW and
+  channels_last (NHWC, the layout `load_packed` models run in) inputs;
+- 4096x4096 linear at batch 1 and 64 (W1A1 `PackedLinear`);
+- end-to-end ImageNet ResNet-18 W1A1 (Bi-Real blocks, FP stem/downsample/FC) at batch 1, the
+  file written by `export_model` and read by `load_packed`;
+- ``torch._int_mm`` on +-1 int8 matrices of the same GEMMs, where it runs.
+
+Float baselines are timed in both memory formats (NCHW and channels_last) and the faster one is
+the reference for the speed-up. Reported: median latency, inter-quartile range, speed-up.
+
+    python benchmarks/bench_deploy.py                 # 2 threads, 30 rounds
+    python benchmarks/bench_deploy.py --threads 1 --clock cpu --json results.json
+
+``--clock cpu`` times with the thread's CPU time (one thread only), which is far less disturbed
+by other processes on a shared machine than wall-clock latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import BiperError
+from ..nn import BinaryConv2d, BinaryLinear
+from . import kernels
+from .export import export_model, load_packed
+from .modules import PackedConv2d, PackedLinear
+
+__all__ = ["run_benchmarks", "add_arguments", "main"]
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(fns: dict, rounds: int, warmup: int, clock=time.perf_counter, burst: int = 5) -> dict:
+    """Interleaved timing: each round runs every function ``burst`` times in a row (so that the
+    median sees warm caches, as a process serving one model would) and every function shares
+    the machine's load alike. Returns the per-call seconds of each function."""
+    times = {name: [] for name in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                for _ in range(burst):
+                    start = clock()
+                    fn()
+                    times[name].append(clock() - start)
+    return times
+
+
+def stats(ts: list[float]) -> dict:
+    q = statistics.quantiles(ts, n=4)
+    return {"median_ms": statistics.median(ts) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
+            "min_ms": min(ts) * 1e3}
+
+
+def int_mm(m: int, k: int, n: int):
+    """torch._int_mm on +-1 int8 (M, K) x (K, N), or None where it does not run."""
+    a = torch.randint(0, 2, (m, k), dtype=torch.int8) * 2 - 1
+    b = torch.randint(0, 2, (k, n), dtype=torch.int8) * 2 - 1
+    try:
+        out = torch._int_mm(a, b)
+        assert torch.equal(out, a.int() @ b.int())
+    except Exception:
+        return None
+    return lambda: torch._int_mm(a, b)
+
+
+def conv_case(batch: int):
+    torch.manual_seed(0)
+    layer = BinaryConv2d(256, 256, 3, padding=1, bias=False, input_quantizer="approx_sign").eval()
+    packed = PackedConv2d.from_binary(layer)
+    x = torch.randn(batch, 256, 14, 14)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3)
+    wc = w.contiguous(memory_format=torch.channels_last)
+    fns = {"float32 NCHW": lambda: F.conv2d(x, w, padding=1),
+           "float32 channels_last": lambda: F.conv2d(xc, wc, padding=1),
+           "packed W1A1 (NCHW input)": lambda: packed(x),
+           "packed W1A1 (channels_last input)": lambda: packed(xc)}
+    mm = int_mm(batch * 196, 2304, 256)
+    if mm is not None:
+        fns["torch._int_mm int8 (GEMM only)"] = mm
+    return f"conv3x3 256->256 14x14 batch {batch}", fns
+
+
+def linear_case(batch: int):
+    torch.manual_seed(0)
+    layer = BinaryLinear(4096, 4096, bias=False, input_quantizer="approx_sign").eval()
+    packed = PackedLinear.from_binary(layer)
+    x, w = torch.randn(batch, 4096), torch.randn(4096, 4096)
+    fns = {"float32": lambda: F.linear(x, w), "packed W1A1": lambda: packed(x)}
+    mm = int_mm(batch, 4096, 4096)
+    if mm is not None:
+        fns["torch._int_mm int8"] = mm
+    return f"linear 4096x4096 batch {batch}", fns
+
+
+def resnet18_case(folder: str):
+    from ..models import create_model
+    from ..transform import BinarizeConfig
+
+    torch.manual_seed(0)
+    binary = create_model("resnet18_imagenet", binarize=BinarizeConfig()).eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in binary.modules():  # trained-like BatchNorm statistics
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+    path = os.path.join(folder, "resnet18.biper")
+    info = export_model(binary, path)
+    packed = load_packed(path)
+    fp = create_model("resnet18_imagenet").eval()
+    fp_cl = create_model("resnet18_imagenet").eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 224, 224)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        agree = bool((packed(x).argmax(1) == binary(x).argmax(1)).all())
+    fns = {"float32 NCHW": lambda: fp(x), "float32 channels_last": lambda: fp_cl(xc),
+           "packed W1A1": lambda: packed(x)}
+    extra = {"file_bytes": info.file_bytes, "theoretical_bytes": info.theoretical_bytes,
+             "size_ratio": info.size_ratio, "prediction_agrees_with_training_model": agree}
+    return "ResNet-18 ImageNet W1A1 end-to-end batch 1", fns, extra
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=2, help="threads for both torch and the kernels")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds per case")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall-clock latency, or the thread's CPU time (needs --threads 1)")
+    parser.add_argument("--only", choices=("conv", "linear", "resnet18"), action="append",
+                        help="run only these cases (repeatable)")
+    parser.add_argument("--json", help="also write the results to this file")
+
+
+def run_benchmarks(threads: int = 2, rounds: int = 30, warmup: int = 5, clock: str = "wall",
+                   only=None, json_path: str | None = None, out=print) -> dict:
+    """Run the cases, print the table with ``out``, return (and optionally save) the results."""
+    if threads < 1 or rounds < 2 or warmup < 0:
+        raise BiperError("--threads and --rounds must be >= 1 and >= 2, --warmup >= 0")
+    if clock == "cpu" and threads != 1:
+        raise BiperError("--clock cpu measures one thread's CPU time; use it with --threads 1")
+    torch.set_num_threads(threads)
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
+    kinfo = kernels.info()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "biper": __version__, "python": platform.python_version(),
+              "kernels": kinfo, "clock": clock, "load_average_1min": load}
+    out(f"# {header['cpu']} ({header['logical_cpus']} logical CPUs, load {load:.2f}), "
+        f"{header['threads']} threads, {clock} clock, torch {header['torch']}, biper {header['biper']}, "
+        f"kernels: {kinfo.get('backend')} {kinfo.get('isa', kinfo.get('reason', ''))}")
+    builders = {"conv": [lambda _: conv_case(1), lambda _: conv_case(16)],
+                "linear": [lambda _: linear_case(1), lambda _: linear_case(64)],
+                "resnet18": [resnet18_case]}
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for key, makers in builders.items():
+            if only and key not in only:
+                continue
+            for make in makers:
+                case = make(folder)
+                title, fns = case[0], case[1]
+                extra = case[2] if len(case) > 2 else {}
+                n = rounds if key != "resnet18" else max(4, rounds // 3)
+                row = {name: stats(ts) for name, ts in measure(fns, n, warmup, timer).items()}
+                best_float = min(v["median_ms"] for k, v in row.items() if k.startswith("float32"))
+                out(f"\n{title}  ({n} interleaved rounds of 5 calls)")
+                for name, s in row.items():
+                    s["speedup_vs_best_float32"] = best_float / s["median_ms"]
+                    out(f"  {name:34s} median {s['median_ms']:9.3f} ms   IQR {s['iqr_ms']:7.3f} ms   "
+                        f"min {s['min_ms']:9.3f} ms   {s['speedup_vs_best_float32']:6.1f}x vs best float32")
+                for k, value in extra.items():
+                    out(f"  {k}: {value:.4f}" if isinstance(value, float) else f"  {k}: {value}")
+                results.append({"case": title, "rounds": n, "calls_per_round": 5, "timings": row, **extra})
+    report = {"environment": header, "results": results}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_benchmarks(args.threads, args.rounds, args.warmup, args.clock, args.only, args.json)
+    return 0
