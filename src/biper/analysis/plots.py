@@ -106,8 +106,8 @@ def plot_qe_curve(path: str | os.PathLike, *, x_range: tuple[float, float] = (0.
     ax.axhline(theory.LIMITS["qe_gamma1"], color="C0", lw=0.8, ls=":")
     for a in (ax, zoom):
         a.axhline(theory.LIMITS["qe_opt"], color="C1", lw=0.8, ls=":")
-    ax.text(hi, theory.LIMITS["qe_gamma1"], r"3/2 $-$ 4/$\pi$ ", ha="right", va="bottom", color="C0", fontsize=8)
-    zoom.text(hi, theory.LIMITS["qe_opt"], r"1/2 $-$ 4/$\pi^2$ ", ha="right", va="top", color="C1", fontsize=8)
+    ax.text(lo * 1.1, theory.LIMITS["qe_gamma1"], r"limit 3/2 $-$ 4/$\pi$", ha="left", va="bottom", color="C0", fontsize=8)
+    zoom.text(lo * 1.1, theory.LIMITS["qe_opt"], r"limit 1/2 $-$ 4/$\pi^2$", ha="left", va="bottom", color="C1", fontsize=8)
     px, py = theory.QE_OPT_PEAK
     zoom.plot([px], [py], marker="*", color="k", ms=8, ls="none")
     zoom.annotate(f"max QE* = {py:.4f} at x = {px:.3f}", (px, py), (px * 0.12, py * 1.04), fontsize=8,
