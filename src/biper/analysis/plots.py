@@ -32,7 +32,10 @@ def _pyplot():
         import matplotlib
     except ImportError:
         raise BiperError("plotting needs matplotlib: pip install 'biper[plot]'") from None
-    matplotlib.use("Agg", force=False)
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:  # headless unless the caller already chose a backend
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
