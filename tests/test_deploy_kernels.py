@@ -76,7 +76,8 @@ def test_conv_and_im2col_native_equal_reference(native, isa):
     _use_isa(isa)
     gen = torch.Generator().manual_seed(7)
     for c, kernel, stride, pad, dil in [(3, (3, 3), (1, 1), (1, 1), (1, 1)), (65, (3, 2), (2, 1), (2, 0), (1, 2)),
-                                        (130, (1, 1), (1, 1), (0, 0), (1, 1)), (64, (5, 5), (2, 2), (2, 2), (1, 1))]:
+                                        (130, (1, 1), (1, 1), (0, 0), (1, 1)), (64, (5, 5), (2, 2), (2, 2), (1, 1)),
+                                        (5, (9, 9), (1, 1), (4, 4), (1, 1))]:  # > 64 taps: explicit im2col
         x = torch.randn(2, c, 9, 11, generator=gen)
         words = pack_bits(x.permute(0, 2, 3, 1))
         fill = torch.randint(-2 ** 62, 2 ** 62, (n_words(c),), generator=gen)

@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger("biper.deploy")
 SOURCE = Path(__file__).with_name("csrc") / "bitkernels.c"
-ABI = 4
+ABI = 5
 PANEL = 32  # output channels per weight panel (matches csrc)
 ISA_NAMES = ("portable", "avx2", "avx512")
 _FLAG_SETS = (

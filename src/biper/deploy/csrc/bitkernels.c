@@ -26,8 +26,9 @@
 #include <immintrin.h>
 #endif
 
-#define BIPER_ABI 4
+#define BIPER_ABI 5
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 int biper_abi(void) { return BIPER_ABI; }
 
@@ -182,21 +183,29 @@ void biper_im2col(const uint64_t *x, int64_t B, int64_t H, int64_t W, int64_t CW
 }
 
 /* ----------------------------------------------------------------------------------------
- * XNOR-popcount GEMM.  A (M, KWD) packed rows; the weights Wt (N, KWD) are given as panels of
- * 32 output channels, Wp[(nb * KWD + k) * 32 + j] = Wt[32 nb + j, k] (zero past N), so that
- * one SIMD vector holds the same word of 8 (AVX-512) or 4 (AVX2) channels: each lane
- * accumulates one output and no horizontal reduction is needed.  For each (m, n):
- *     acc = K - 2 * popcount(A[m] ^ Wt[n]) - corr[m % P, n]        (corr may be NULL)
+ * XNOR-popcount GEMM with implicit im2col.
+ *
+ * Output row m is pixel (b, oh, ow) of a convolution over the packed input X (B, H, W, CW);
+ * its K = KH*KW*C bits are the CW words of each tap (i, j), read in place through a table of
+ * tap pointers (taps outside the input point at `fill`, the padding value's bits).  A plain
+ * GEMM of rows A (M, KWD) is the 1x1 case with H = W = 1, CW = KWD.
+ *
+ * The weights come as panels of 32 output channels, Wp[(nb * KWD + k) * 32 + j] = Wt[32 nb + j, k]
+ * (zero past N): one SIMD vector holds the same word of 8 (AVX-512) or 4 (AVX2) channels, so
+ * each lane accumulates one output and no horizontal reduction is needed.  For each (m, n):
+ *     acc = K - 2 * popcount(row_m ^ Wt[n]) - corr[m % P, n]        (corr may be NULL)
  * Outputs, both row-major (M, N) (NHWC for convolutions), either may be NULL:
  *     acc_out int32;   y float = (float)acc * scale[n] + shift[n]  (a multiply then an add),
  * then optionally (the fused tail of a residual block) y = y + res[m, n] and
  * y = min(max(y, lo), hi) (NaN propagates, as in torch.clamp).
  * ---------------------------------------------------------------------------------------- */
 #define PANEL 32
+#define TMAX 64 /* taps handled in place; larger kernels go through an explicit im2col */
 
 typedef struct {
-    const uint64_t *A, *Wp;
-    int64_t M, N, KWD, K, P;
+    const uint64_t *X, *fill, *Wp;
+    int64_t H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+    int64_t M, N, K, P;
     const int32_t *corr;
     int32_t *acc;
     float *y;
@@ -205,6 +214,24 @@ typedef struct {
     int clamp;        /* clamp y to [lo, hi] */
     float lo, hi;
 } gemm_t;
+
+/* Tap pointers of rows m .. m+mr-1: tap[r * TMAX + t] -> CW words. */
+static inline void build_taps(const gemm_t *g, int64_t m, int mr, const uint64_t **tap) {
+    const int64_t npix = g->OH * g->OW;
+    for (int r = 0; r < mr; ++r) {
+        const int64_t mm = m + r, b = mm / npix, pix = mm - b * npix;
+        const int64_t oh = pix / g->OW, ow = pix - oh * g->OW;
+        const uint64_t **row = tap + r * TMAX;
+        for (int64_t i = 0; i < g->KH; ++i) {
+            const int64_t ih = oh * g->SH - g->PH + i * g->DH;
+            for (int64_t j = 0; j < g->KW; ++j) {
+                const int64_t iw = ow * g->SW - g->PW + j * g->DW;
+                row[i * g->KW + j] = (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
+                                         ? g->X + ((b * g->H + ih) * g->W + iw) * g->CW : g->fill;
+            }
+        }
+    }
+}
 
 /* Finish `cnt` outputs of row m starting at column n from their popcounts. */
 static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
@@ -227,14 +254,22 @@ static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
     }
 }
 
-/* -- portable: one row against one panel ----------------------------------------------- */
-static void panel_portable(const gemm_t *g, int64_t m, int64_t nb) {
-    const int64_t L = g->KWD, n0 = nb * PANEL, cnt = MIN(PANEL, g->N - n0);
-    const uint64_t *a = g->A + m * L, *wp = g->Wp + nb * L * PANEL;
-    int64_t pc[PANEL] = {0};
-    for (int64_t k = 0; k < L; ++k)
-        for (int j = 0; j < PANEL; ++j) pc[j] += __builtin_popcountll(a[k] ^ wp[k * PANEL + j]);
-    store_row(g, m, n0, cnt, pc);
+/* -- portable: rows m.. (tap table `tap`), one panel nb ---------------------------------- */
+static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap, int64_t nb) {
+    const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
+    {
+        const int64_t n0 = nb * PANEL, cnt = MIN(PANEL, g->N - n0);
+        for (int r = 0; r < mr; ++r) {
+            int64_t pc[PANEL] = {0};
+            const uint64_t *wk = g->Wp + nb * KWD * PANEL;
+            for (int64_t t = 0; t < T; ++t) {
+                const uint64_t *a = tap[r * TMAX + t];
+                for (int64_t w = 0; w < CW; ++w, wk += PANEL)
+                    for (int j = 0; j < PANEL; ++j) pc[j] += __builtin_popcountll(a[w] ^ wk[j]);
+            }
+            store_row(g, m + r, n0, cnt, pc);
+        }
+    }
 }
 
 #ifdef BIPER_X86
@@ -243,58 +278,62 @@ static void panel_portable(const gemm_t *g, int64_t m, int64_t nb) {
 #define T512 __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
 
 static inline __attribute__((always_inline)) T512 void
-body512(const gemm_t *g, int64_t m, int64_t nb, const int MR) {
-    const int64_t L = g->KWD, n0 = nb * PANEL;
-    const uint64_t *wp = g->Wp + nb * L * PANEL, *ap[4];
-    __m512i acc[4][4];
-    for (int r = 0; r < MR; ++r) {
-        ap[r] = g->A + (m + r) * L;
-        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
-    }
-    for (int64_t k = 0; k < L; ++k) {
-        const uint64_t *wk = wp + k * PANEL;
-        const __m512i w0 = _mm512_loadu_si512((const void *)wk);
-        const __m512i w1 = _mm512_loadu_si512((const void *)(wk + 8));
-        const __m512i w2 = _mm512_loadu_si512((const void *)(wk + 16));
-        const __m512i w3 = _mm512_loadu_si512((const void *)(wk + 24));
-        for (int r = 0; r < MR; ++r) {
-            const __m512i a = _mm512_set1_epi64((long long)ap[r][k]);
-            acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, w0)));
-            acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(a, w1)));
-            acc[r][2] = _mm512_add_epi64(acc[r][2], _mm512_popcnt_epi64(_mm512_xor_si512(a, w2)));
-            acc[r][3] = _mm512_add_epi64(acc[r][3], _mm512_popcnt_epi64(_mm512_xor_si512(a, w3)));
-        }
-    }
+body512(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int MR) {
+    const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
     const __m256i kk = _mm256_set1_epi32((int)g->K);
-    for (int r = 0; r < MR; ++r) {
-        const int64_t row = (m + r) * g->N;
-        const int32_t *corr = g->corr ? g->corr + ((m + r) % g->P) * g->N : 0;
-        for (int v = 0; v < 4; ++v) {
-            const int64_t n = n0 + 8 * v;
-            if (n >= g->N) break;
-            const __mmask8 mk = g->N - n >= 8 ? 0xff : (__mmask8)((1u << (g->N - n)) - 1u);
-            const __m256i pc = _mm512_cvtepi64_epi32(acc[r][v]);
-            __m256i a = _mm256_sub_epi32(kk, _mm256_slli_epi32(pc, 1));
-            if (corr) a = _mm256_sub_epi32(a, _mm256_maskz_loadu_epi32(mk, corr + n));
-            if (g->acc) _mm256_mask_storeu_epi32(g->acc + row + n, mk, a);
-            if (g->y) {
-                const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskz_loadu_ps(mk, g->scale + n));
-                __m256 v = _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n));
-                if (g->res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(mk, g->res + row + n));
-                if (g->clamp) { /* max/min return the second operand when one is NaN */
-                    v = _mm256_max_ps(_mm256_set1_ps(g->lo), v);
-                    v = _mm256_min_ps(_mm256_set1_ps(g->hi), v);
+    {
+        const int64_t n0 = nb * PANEL;
+        const uint64_t *wk = g->Wp + nb * KWD * PANEL;
+        __m512i acc[4][4];
+        for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
+        for (int64_t t = 0; t < T; ++t) {
+            const uint64_t *ap[4];
+            for (int r = 0; r < MR; ++r) ap[r] = tap[r * TMAX + t];
+            for (int64_t w = 0; w < CW; ++w, wk += PANEL) {
+                const __m512i w0 = _mm512_loadu_si512((const void *)wk);
+                const __m512i w1 = _mm512_loadu_si512((const void *)(wk + 8));
+                const __m512i w2 = _mm512_loadu_si512((const void *)(wk + 16));
+                const __m512i w3 = _mm512_loadu_si512((const void *)(wk + 24));
+                for (int r = 0; r < MR; ++r) {
+                    const __m512i a = _mm512_set1_epi64((long long)ap[r][w]);
+                    acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, w0)));
+                    acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(a, w1)));
+                    acc[r][2] = _mm512_add_epi64(acc[r][2], _mm512_popcnt_epi64(_mm512_xor_si512(a, w2)));
+                    acc[r][3] = _mm512_add_epi64(acc[r][3], _mm512_popcnt_epi64(_mm512_xor_si512(a, w3)));
                 }
-                _mm256_mask_storeu_ps(g->y + row + n, mk, v);
+            }
+        }
+        for (int r = 0; r < MR; ++r) {
+            const int64_t row = (m + r) * g->N;
+            const int32_t *corr = g->corr ? g->corr + ((m + r) % g->P) * g->N : 0;
+            for (int v = 0; v < 4; ++v) {
+                const int64_t n = n0 + 8 * v;
+                if (n >= g->N) break;
+                const __mmask8 mk = g->N - n >= 8 ? 0xff : (__mmask8)((1u << (g->N - n)) - 1u);
+                const __m256i pc = _mm512_cvtepi64_epi32(acc[r][v]);
+                __m256i a = _mm256_sub_epi32(kk, _mm256_slli_epi32(pc, 1));
+                if (corr) a = _mm256_sub_epi32(a, _mm256_maskz_loadu_epi32(mk, corr + n));
+                if (g->acc) _mm256_mask_storeu_epi32(g->acc + row + n, mk, a);
+                if (g->y) {
+                    const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskz_loadu_ps(mk, g->scale + n));
+                    __m256 y = _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n));
+                    if (g->res) y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(mk, g->res + row + n));
+                    if (g->clamp) { /* max/min return the second operand when one is NaN */
+                        y = _mm256_max_ps(_mm256_set1_ps(g->lo), y);
+                        y = _mm256_min_ps(_mm256_set1_ps(g->hi), y);
+                    }
+                    _mm256_mask_storeu_ps(g->y + row + n, mk, y);
+                }
             }
         }
     }
 }
 
-static T512 void rows512_4(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 4); }
-static T512 void rows512_3(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 3); }
-static T512 void rows512_2(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 2); }
-static T512 void rows512_1(const gemm_t *g, int64_t m, int64_t nb) { body512(g, m, nb, 1); }
+static T512 void rows512_4(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 4); }
+static T512 void rows512_3(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 3); }
+static T512 void rows512_2(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 2); }
+static T512 void rows512_1(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 1); }
 #endif /* BIPER_NO_AVX512 */
 
 /* -- AVX2: popcount of each 64-bit lane by nibble lookup (Mula's method) ---------------- */
@@ -312,46 +351,52 @@ static inline __attribute__((always_inline)) T256 __m256i popcnt256(__m256i v) {
 
 /* MR rows x one panel, 8 channels (2 vectors of 4) at a time. */
 static inline __attribute__((always_inline)) T256 void
-body256(const gemm_t *g, int64_t m, int64_t nb, const int MR) {
-    const int64_t L = g->KWD, n0 = nb * PANEL;
-    const uint64_t *wp = g->Wp + nb * L * PANEL, *ap[4];
-    for (int r = 0; r < MR; ++r) ap[r] = g->A + (m + r) * L;
-    for (int s = 0; s < PANEL; s += 8) {
-        if (n0 + s >= g->N) break;
-        __m256i acc[4][2];
-        for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-        for (int64_t k = 0; k < L; ++k) {
-            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wp + k * PANEL + s));
-            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wp + k * PANEL + s + 4));
-            for (int r = 0; r < MR; ++r) {
-                const __m256i a = _mm256_set1_epi64x((long long)ap[r][k]);
-                acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt256(_mm256_xor_si256(a, w0)));
-                acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt256(_mm256_xor_si256(a, w1)));
+body256(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int MR) {
+    const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
+    {
+        const int64_t n0 = nb * PANEL;
+        for (int s = 0; s < PANEL; s += 8) {
+            if (n0 + s >= g->N) break;
+            const uint64_t *wk = g->Wp + nb * KWD * PANEL + s;
+            __m256i acc[4][2];
+            for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+            for (int64_t t = 0; t < T; ++t) {
+                const uint64_t *ap[4];
+                for (int r = 0; r < MR; ++r) ap[r] = tap[r * TMAX + t];
+                for (int64_t w = 0; w < CW; ++w, wk += PANEL) {
+                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)wk);
+                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wk + 4));
+                    for (int r = 0; r < MR; ++r) {
+                        const __m256i a = _mm256_set1_epi64x((long long)ap[r][w]);
+                        acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt256(_mm256_xor_si256(a, w0)));
+                        acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt256(_mm256_xor_si256(a, w1)));
+                    }
+                }
             }
-        }
-        for (int r = 0; r < MR; ++r) {
-            int64_t pc[8];
-            _mm256_storeu_si256((__m256i *)pc, acc[r][0]);
-            _mm256_storeu_si256((__m256i *)(pc + 4), acc[r][1]);
-            store_row(g, m + r, n0 + s, MIN(8, g->N - n0 - s), pc);
+            for (int r = 0; r < MR; ++r) {
+                int64_t pc[8];
+                _mm256_storeu_si256((__m256i *)pc, acc[r][0]);
+                _mm256_storeu_si256((__m256i *)(pc + 4), acc[r][1]);
+                store_row(g, m + r, n0 + s, MIN(8, g->N - n0 - s), pc);
+            }
         }
     }
 }
 
-static T256 void rows256_4(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 4); }
-static T256 void rows256_3(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 3); }
-static T256 void rows256_2(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 2); }
-static T256 void rows256_1(const gemm_t *g, int64_t m, int64_t nb) { body256(g, m, nb, 1); }
+static T256 void rows256_4(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 4); }
+static T256 void rows256_3(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 3); }
+static T256 void rows256_2(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 2); }
+static T256 void rows256_1(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 1); }
 #endif /* BIPER_X86 */
 
-typedef void (*rows_fn)(const gemm_t *, int64_t, int64_t);
+typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, int64_t);
 
-/* -- driver: tasks are (panel, block of 4 rows), consecutive tasks share a panel ---------- */
-void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int64_t KWD,
-                int64_t K, int64_t P, const int32_t *corr, int32_t *acc, float *y,
-                const float *scale, const float *shift, const float *res, int clamp, float lo,
-                float hi, int nthreads) {
-    gemm_t g = {A, Wp, M, N, KWD, K, P, corr, acc, y, scale, shift, res, clamp, lo, hi};
+#define MGROUP 8 /* row blocks of 4 per task: one weight panel is reused from L1 across them */
+
+/* A task is (up to MGROUP row blocks of 4 rows, a range of panels).  It builds the tap tables
+ * of its rows once, then for each panel runs every row block, so that the panel (KWD * 256
+ * bytes) stays in L1.  Panels are split into ranges only as far as needed to feed every thread. */
+static void run_gemm(const gemm_t *g, int nthreads) {
     const int isa = biper_get_isa();
     rows_fn fns[5] = {0, 0, 0, 0, 0};
 #ifdef BIPER_X86
@@ -360,24 +405,52 @@ void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int
 #endif
     if (isa == 1) { fns[1] = rows256_1; fns[2] = rows256_2; fns[3] = rows256_3; fns[4] = rows256_4; }
 #endif
-    const int64_t nmb = (M + 3) / 4, npanel = (N + PANEL - 1) / PANEL, ntask = nmb * npanel;
+    const int64_t nmb = (g->M + 3) / 4, npanel = (g->N + PANEL - 1) / PANEL;
+    const int64_t want = 8 * (int64_t)(nthreads > 0 ? nthreads : 1);
+    int64_t mg = MGROUP, nmg = (nmb + mg - 1) / mg;
+    if (nmg < want) { /* few rows: smaller row groups, then split the panels too */
+        mg = MAX(1, nmb / want);
+        nmg = (nmb + mg - 1) / mg;
+    }
+    const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
+    const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
+    const int64_t work = g->M * g->N * g->KH * g->KW * g->CW;
     (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (M * N * KWD > 32768)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (work > 32768)
     for (int64_t task = 0; task < ntask; ++task) {
-        const int64_t nb = task / nmb, m = (task % nmb) * 4, mr = MIN(4, M - m);
-        if (fns[mr]) {
-            fns[mr](&g, m, nb);
-        } else {
-            for (int64_t r = 0; r < mr; ++r) panel_portable(&g, m + r, nb);
-        }
+        const uint64_t *tap[4 * MGROUP * TMAX];
+        const int64_t grp = task / nmg, mb0 = (task % nmg) * mg, mb1 = MIN(nmb, mb0 + mg);
+        const int64_t nb0 = grp * per, nb1 = MIN(npanel, nb0 + per);
+        if (nb0 >= nb1) continue;
+        for (int64_t mb = mb0; mb < mb1; ++mb)
+            build_taps(g, mb * 4, (int)MIN(4, g->M - mb * 4), tap + (mb - mb0) * 4 * TMAX);
+        for (int64_t nb = nb0; nb < nb1; ++nb)
+            for (int64_t mb = mb0; mb < mb1; ++mb) {
+                const int64_t m = mb * 4, mr = MIN(4, g->M - m);
+                const uint64_t **t = tap + (mb - mb0) * 4 * TMAX;
+                if (fns[mr])
+                    fns[mr](g, m, t, nb);
+                else
+                    rows_portable(g, m, (int)mr, t, nb);
+            }
     }
 }
 
+/* Plain GEMM of packed rows A (M, KWD); pixels P index the correction rows. */
+void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int64_t KWD,
+                int64_t K, int64_t P, const int32_t *corr, int32_t *acc, float *y,
+                const float *scale, const float *shift, const float *res, int clamp, float lo,
+                float hi, int nthreads) {
+    gemm_t g = {A, A, Wp, 1, 1, KWD, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1,
+                M, N, K, P, corr, acc, y, scale, shift, res, clamp, lo, hi};
+    run_gemm(&g, nthreads);
+}
+
 /* ----------------------------------------------------------------------------------------
- * A whole W1A1 convolution in one call: pack (channels-first or channels-last float input),
- * bit im2col (skipped for 1x1 stride-1 unpadded kernels), XNOR-popcount GEMM with the padding
- * correction and the per-channel affine.  Outputs are row-major (B*OH*OW, N).
- * Returns 0, or -1 when the workspace cannot be allocated.
+ * A whole W1A1 convolution in one call: pack the float input (channels-first or channels-last)
+ * and run the implicit-im2col GEMM with the padding correction and the per-channel affine
+ * (kernels with more than TMAX taps go through an explicit im2col).  Outputs are row-major
+ * (B*OH*OW, N).  Returns 0, or -1 when the workspace cannot be allocated.
  * ---------------------------------------------------------------------------------------- */
 int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_t H, int64_t W,
                  const float *thr, const uint64_t *Wp, int64_t N, int64_t KH, int64_t KW,
@@ -388,22 +461,27 @@ int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_
     const int64_t CW = (C + 63) / 64;
     const int64_t OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1;
     const int64_t OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
-    const int direct = KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0;
     uint64_t *words = (uint64_t *)malloc((size_t)(B * H * W * CW) * sizeof(uint64_t) + 64);
-    uint64_t *cols = direct ? 0 : (uint64_t *)malloc((size_t)(B * OH * OW * KH * KW * CW) * sizeof(uint64_t) + 64);
-    if (!words || (!direct && !cols)) {
-        free(words);
-        free(cols);
-        return -1;
-    }
+    uint64_t *cols = 0;
+    if (!words) return -1;
     if (channels_last)
         biper_pack_rows(x, B * H * W, C, thr, words, nthreads);
     else
         biper_pack(x, B, C, H * W, thr, words, nthreads);
-    if (!direct)
+    gemm_t g = {words, fill, Wp, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi};
+    if (KH * KW > TMAX) {
+        cols = (uint64_t *)malloc((size_t)(B * OH * OW * KH * KW * CW) * sizeof(uint64_t) + 64);
+        if (!cols) {
+            free(words);
+            return -1;
+        }
         biper_im2col(words, B, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, fill, cols, nthreads);
-    biper_gemm(direct ? words : cols, Wp, B * OH * OW, N, KH * KW * CW, C * KH * KW, OH * OW,
-               corr, acc, y, scale, shift, res, clamp, lo, hi, nthreads);
+        gemm_t e = {cols, cols, Wp, 1, 1, KH * KW * CW, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1,
+                    B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi};
+        g = e;
+    }
+    run_gemm(&g, nthreads);
     free(words);
     free(cols);
     return 0;
