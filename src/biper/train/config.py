@@ -18,7 +18,8 @@ stages[i].*                 epochs, max_steps, optimizer (sgd|adam|adamw), lr, m
                             betas, eps, weight_decay, weight_decay_on (all|conv_linear|
                             no_bias_norm), lr_schedule (cosine|linear|constant), warmup_epochs,
                             min_lr, label_smoothing, tau, grad_clip, binarize (overrides merged
-                            into the run's), full_precision, init_from (previous|null|path), task
+                            into the run's; unused when the stage is full precision),
+                            full_precision, init_from (previous|null|path), task
 stages[i].task              name (classification|distillation), teacher (previous|path), alpha,
                             temperature
 precision                   fp32 | bf16 (autocast; CPU or GPU) | amp (float16 + GradScaler, GPU)
@@ -224,8 +225,6 @@ class StageConfig(_Config):
         check_number("grad_clip", self.grad_clip, minimum=0.0, strict_min=True, none=True)
         self._set("binarize", dict(check_mapping("binarize", self.binarize if self.binarize is not None else {})))
         check_bool("full_precision", self.full_precision)
-        if self.full_precision and self.binarize:
-            raise ConfigError("binarize", "overrides given for a full_precision stage; remove one of them")
         check_str("init_from", self.init_from, none=True)
         if self.init_from in ("none", "null", ""):
             self._set("init_from", None)
@@ -319,9 +318,6 @@ class RunConfig(_Config):
                 raise ConfigError(f"stages.{i}", f"must be a mapping, got {stage!r}")
             if stage.name is None:
                 stage = dataclasses.replace(stage, name=f"stage{i + 1}")
-            if stage.binarize and self.binarize is None:
-                raise ConfigError(f"stages.{i}.binarize", "the run is full precision (binarize: null), so "
-                                                          "there is nothing to override; set binarize first")
             teacher = stage.task.teacher
             if teacher == "previous" and i == 0:
                 raise ConfigError(f"stages.{i}.task.teacher", "'previous' needs an earlier stage; give a "
@@ -335,7 +331,10 @@ class RunConfig(_Config):
 
     # -- derived views ------------------------------------------------------------------------
     def stage_binarize(self, index: int) -> BinarizeConfig | None:
-        """The binarize config of stage ``index``: the run's merged with the stage's overrides."""
+        """The binarize config of stage ``index``: the run's merged with the stage's overrides;
+        None for a full-precision stage (run ``binarize: null`` or stage ``full_precision``),
+        whose overrides are then unused, so ``binarize=null`` turns any recipe into its float
+        reference."""
         stage = self.stages[index]
         if self.binarize is None or stage.full_precision:
             return None

@@ -144,9 +144,16 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        threads = torch.get_num_threads()
+        if self.config.threads is not None:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
         start = self._find_start()
         self._t0 = time.perf_counter()
         self.train_set, self.test_set = self._load_data()
@@ -205,17 +212,31 @@ class Trainer:
         return train_set, test_set
 
     def _check_models(self) -> None:
-        """Build every stage's model on the meta device so config errors surface at once."""
-        for i in range(len(self.config.stages)):
-            with wrap_errors("model" if i == 0 else f"stages.{i}"), torch.device("meta"):
-                build_model_from_config(model_spec(self.config, i))
+        """Surface layer-selection errors of later stages now rather than after hours of
+        training: build (on the meta device) each later stage whose binarize config selects
+        layers differently from the stages before it. Stage 0 is built right away anyway."""
+        seen = {self._selection(0)}
+        for i in range(1, len(self.config.stages)):
+            key = self._selection(i)
+            if key not in seen:
+                seen.add(key)
+                with wrap_errors(f"stages.{i}"), torch.device("meta"):
+                    build_model_from_config(model_spec(self.config, i))
+
+    def _selection(self, index: int) -> tuple:
+        b = self.config.stage_binarize(index)
+        if b is None:
+            return (None,)
+        return (b.include, b.exclude, b.layer_types, b.keep_first, b.keep_last, b.input_quantizer,
+                tuple(sorted(b.input_params)))
 
     # -- one stage ----------------------------------------------------------------------------
     def _run_stage(self, index: int, ckpt: dict | None, prev_state: dict | None) -> dict:
         cfg, stage = self.config, self.config.stages[index]
         spec = model_spec(cfg, index)
         torch.manual_seed(derive_seed(cfg.seed, "stage", index))
-        model = build_model_from_config(spec)
+        with wrap_errors("model" if index == 0 else f"stages.{index}"):
+            model = build_model_from_config(spec)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         else:

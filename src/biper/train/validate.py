@@ -11,7 +11,7 @@ Example::
     >>> check_number("lr", -0.1, minimum=0.0)
     Traceback (most recent call last):
     ...
-    biper.train.validate.ConfigError: lr: must be a number >= 0, got -0.1
+    biper.train.validate.ConfigError: lr: must be a finite number >= 0, got -0.1
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ def check_number(key: str, value: Any, *, minimum: float | None = None, maximum:
     bad_lo = minimum is not None and (value <= minimum if strict_min else value < minimum)
     bad_hi = maximum is not None and (value >= maximum if strict_max else value > maximum)
     if bad_lo or bad_hi:
-        raise ConfigError(key, f"must be a number{_range(minimum, maximum, strict_min, strict_max)}, got {_show(value)}")
+        raise ConfigError(key, f"must be a finite number{_range(minimum, maximum, strict_min, strict_max)}, "
+                               f"got {_show(value)}")
     return float(value)
 
 
