@@ -215,28 +215,49 @@ typedef struct {
     float lo, hi;
 } gemm_t;
 
-/* Tap pointers of rows m .. m+mr-1: tap[r * TMAX + t] -> CW words. */
-static inline void build_taps(const gemm_t *g, int64_t m, int mr, const uint64_t **tap) {
-    const int64_t npix = g->OH * g->OW;
-    for (int r = 0; r < mr; ++r) {
-        const int64_t mm = m + r, b = mm / npix, pix = mm - b * npix;
-        const int64_t oh = pix / g->OW, ow = pix - oh * g->OW;
+/* Tap pointers and correction rows of rows m .. m+nrows-1: tap[r * TMAX + t] -> CW words,
+ * crow[r] -> the N correction ints of row r (NULL without a correction).  Divisions happen
+ * once per call; pixels whose window lies inside the input take precomputed tap offsets. */
+static void build_rows(const gemm_t *g, int64_t m, int64_t nrows, const uint64_t **tap,
+                       const int32_t **crow) {
+    const int64_t npix = g->OH * g->OW, T = g->KH * g->KW;
+    int64_t b = m / npix, pix = m - b * npix, oh = pix / g->OW, ow = pix - oh * g->OW;
+    int64_t p = g->corr ? m % g->P : 0;
+    int64_t off[TMAX];
+    for (int64_t i = 0; i < g->KH; ++i)
+        for (int64_t j = 0; j < g->KW; ++j) off[i * g->KW + j] = (i * g->DH * g->W + j * g->DW) * g->CW;
+    for (int64_t r = 0; r < nrows; ++r) {
         const uint64_t **row = tap + r * TMAX;
-        for (int64_t i = 0; i < g->KH; ++i) {
-            const int64_t ih = oh * g->SH - g->PH + i * g->DH;
-            for (int64_t j = 0; j < g->KW; ++j) {
-                const int64_t iw = ow * g->SW - g->PW + j * g->DW;
-                row[i * g->KW + j] = (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
-                                         ? g->X + ((b * g->H + ih) * g->W + iw) * g->CW : g->fill;
+        const int64_t ih0 = oh * g->SH - g->PH, iw0 = ow * g->SW - g->PW;
+        if (ih0 >= 0 && ih0 + (g->KH - 1) * g->DH < g->H && iw0 >= 0 && iw0 + (g->KW - 1) * g->DW < g->W) {
+            const uint64_t *base = g->X + ((b * g->H + ih0) * g->W + iw0) * g->CW;
+            for (int64_t t = 0; t < T; ++t) row[t] = base + off[t];
+        } else {
+            for (int64_t i = 0; i < g->KH; ++i) {
+                const int64_t ih = ih0 + i * g->DH;
+                for (int64_t j = 0; j < g->KW; ++j) {
+                    const int64_t iw = iw0 + j * g->DW;
+                    row[i * g->KW + j] = (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
+                                             ? g->X + ((b * g->H + ih) * g->W + iw) * g->CW : g->fill;
+                }
             }
         }
+        crow[r] = g->corr ? g->corr + p * g->N : 0;
+        if (++ow == g->OW) {
+            ow = 0;
+            if (++oh == g->OH) {
+                oh = 0;
+                ++b;
+            }
+        }
+        if (g->corr && ++p == g->P) p = 0;
     }
 }
 
 /* Finish `cnt` outputs of row m starting at column n from their popcounts. */
-static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
-                             const int64_t *pc) {
-    const int32_t *corr = g->corr ? g->corr + (m % g->P) * g->N + n : 0;
+static inline void store_row(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
+                             int64_t cnt, const int64_t *pc) {
+    const int32_t *corr = crow ? crow + n : 0;
     for (int64_t j = 0; j < cnt; ++j) {
         int32_t a = (int32_t)(g->K - 2 * pc[j]);
         if (corr) a -= corr[j];
@@ -255,7 +276,8 @@ static inline void store_row(const gemm_t *g, int64_t m, int64_t n, int64_t cnt,
 }
 
 /* -- portable: rows m.. (tap table `tap`), one panel nb ---------------------------------- */
-static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap, int64_t nb) {
+static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap,
+                          const int32_t **crow, int64_t nb) {
     const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
     {
         const int64_t n0 = nb * PANEL, cnt = MIN(PANEL, g->N - n0);
@@ -267,7 +289,7 @@ static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **t
                 for (int64_t w = 0; w < CW; ++w, wk += PANEL)
                     for (int j = 0; j < PANEL; ++j) pc[j] += __builtin_popcountll(a[w] ^ wk[j]);
             }
-            store_row(g, m + r, n0, cnt, pc);
+            store_row(g, m + r, crow[r], n0, cnt, pc);
         }
     }
 }
@@ -278,8 +300,9 @@ static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **t
 #define T512 __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
 
 static inline __attribute__((always_inline)) T512 void
-body512(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int MR) {
-    const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
+body512(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, int64_t nb,
+        const int MR, const int ONEWORD) {
+    const int64_t T = g->KH * g->KW, CW = ONEWORD ? 1 : g->CW, KWD = T * CW;
     const __m256i kk = _mm256_set1_epi32((int)g->K);
     {
         const int64_t n0 = nb * PANEL;
@@ -306,7 +329,7 @@ body512(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int 
         }
         for (int r = 0; r < MR; ++r) {
             const int64_t row = (m + r) * g->N;
-            const int32_t *corr = g->corr ? g->corr + ((m + r) % g->P) * g->N : 0;
+            const int32_t *corr = crow[r];
             for (int v = 0; v < 4; ++v) {
                 const int64_t n = n0 + 8 * v;
                 if (n >= g->N) break;
@@ -330,10 +353,22 @@ body512(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int 
     }
 }
 
-static T512 void rows512_4(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 4); }
-static T512 void rows512_3(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 3); }
-static T512 void rows512_2(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 2); }
-static T512 void rows512_1(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body512(g, m, t, nb, 1); }
+static T512 void rows512_4(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
+    if (g->CW == 1) body512(g, m, t, c, nb, 4, 1); /* one word per tap (C <= 64): no inner loop */
+    else body512(g, m, t, c, nb, 4, 0);
+}
+static T512 void rows512_3(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
+    if (g->CW == 1) body512(g, m, t, c, nb, 3, 1); /* one word per tap (C <= 64): no inner loop */
+    else body512(g, m, t, c, nb, 3, 0);
+}
+static T512 void rows512_2(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
+    if (g->CW == 1) body512(g, m, t, c, nb, 2, 1); /* one word per tap (C <= 64): no inner loop */
+    else body512(g, m, t, c, nb, 2, 0);
+}
+static T512 void rows512_1(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
+    if (g->CW == 1) body512(g, m, t, c, nb, 1, 1); /* one word per tap (C <= 64): no inner loop */
+    else body512(g, m, t, c, nb, 1, 0);
+}
 #endif /* BIPER_NO_AVX512 */
 
 /* -- AVX2: popcount of each 64-bit lane by nibble lookup (Mula's method) ---------------- */
@@ -351,7 +386,8 @@ static inline __attribute__((always_inline)) T256 __m256i popcnt256(__m256i v) {
 
 /* MR rows x one panel, 8 channels (2 vectors of 4) at a time. */
 static inline __attribute__((always_inline)) T256 void
-body256(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int MR) {
+body256(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, int64_t nb,
+        const int MR) {
     const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
     {
         const int64_t n0 = nb * PANEL;
@@ -377,19 +413,19 @@ body256(const gemm_t *g, int64_t m, const uint64_t **tap, int64_t nb, const int 
                 int64_t pc[8];
                 _mm256_storeu_si256((__m256i *)pc, acc[r][0]);
                 _mm256_storeu_si256((__m256i *)(pc + 4), acc[r][1]);
-                store_row(g, m + r, n0 + s, MIN(8, g->N - n0 - s), pc);
+                store_row(g, m + r, crow[r], n0 + s, MIN(8, g->N - n0 - s), pc);
             }
         }
     }
 }
 
-static T256 void rows256_4(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 4); }
-static T256 void rows256_3(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 3); }
-static T256 void rows256_2(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 2); }
-static T256 void rows256_1(const gemm_t *g, int64_t m, const uint64_t **t, int64_t nb) { body256(g, m, t, nb, 1); }
+static T256 void rows256_4(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 4); }
+static T256 void rows256_3(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 3); }
+static T256 void rows256_2(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 2); }
+static T256 void rows256_1(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 1); }
 #endif /* BIPER_X86 */
 
-typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, int64_t);
+typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_t **, int64_t);
 
 #define MGROUP 8 /* row blocks of 4 per task: one weight panel is reused from L1 across them */
 
@@ -419,19 +455,18 @@ static void run_gemm(const gemm_t *g, int nthreads) {
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (work > 32768)
     for (int64_t task = 0; task < ntask; ++task) {
         const uint64_t *tap[4 * MGROUP * TMAX];
+        const int32_t *crow[4 * MGROUP];
         const int64_t grp = task / nmg, mb0 = (task % nmg) * mg, mb1 = MIN(nmb, mb0 + mg);
         const int64_t nb0 = grp * per, nb1 = MIN(npanel, nb0 + per);
         if (nb0 >= nb1) continue;
-        for (int64_t mb = mb0; mb < mb1; ++mb)
-            build_taps(g, mb * 4, (int)MIN(4, g->M - mb * 4), tap + (mb - mb0) * 4 * TMAX);
+        build_rows(g, mb0 * 4, MIN(g->M, mb1 * 4) - mb0 * 4, tap, crow);
         for (int64_t nb = nb0; nb < nb1; ++nb)
             for (int64_t mb = mb0; mb < mb1; ++mb) {
-                const int64_t m = mb * 4, mr = MIN(4, g->M - m);
-                const uint64_t **t = tap + (mb - mb0) * 4 * TMAX;
+                const int64_t m = mb * 4, mr = MIN(4, g->M - m), r0 = (mb - mb0) * 4;
                 if (fns[mr])
-                    fns[mr](g, m, t, nb);
+                    fns[mr](g, m, tap + r0 * TMAX, crow + r0, nb);
                 else
-                    rows_portable(g, m, (int)mr, t, nb);
+                    rows_portable(g, m, (int)mr, tap + r0 * TMAX, crow + r0, nb);
             }
     }
 }
