@@ -264,3 +264,18 @@ def test_optimize_folds_fuses_and_keeps_outputs():
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast(x), packed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_optimize_moves_activation_behind_maxpool_exactly():
+    from biper.deploy.optimize import optimize
+
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardtanh(), nn.MaxPool2d(3, 2, 1),
+                        BinaryConv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    fast = optimize(pack_model(net)[0])
+    order = [n.target for n in fast.graph.nodes if n.op == "call_module"]
+    assert order == ["0", "2", "1", "3", "5", "4"], order
+    x = torch.randn(2, 3, 11, 11)
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=0, atol=0, equal_nan=True)

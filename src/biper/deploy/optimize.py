@@ -9,7 +9,10 @@
    ``packed_conv(x, r, clamp=(lo, hi))`` doing the same float operations in the same order,
    saving two passes over the activations per block; the result is a `torch.fx.GraphModule`
    (models that cannot be traced are left as they are);
-3. switches to ``channels_last`` (NHWC) memory format: 4-D weights are converted and a
+3. moves a clamp-like activation behind a following max-pool, ``maxpool(act(x))`` ->
+   ``act(maxpool(x))`` (exact: a non-decreasing function commutes with max), so that it runs
+   on the 4x smaller pooled tensor (the ResNet stem);
+4. switches to ``channels_last`` (NHWC) memory format: 4-D weights are converted and a
    forward pre-hook converts 4-D inputs. Packed convolutions read and write NHWC rows
    natively, and PyTorch's pooling and element-wise kernels are faster on it (measured: 3x3
    max-pool on 64x112x112, 8.6 ms NCHW vs 0.7 ms NHWC on one core).
@@ -127,6 +130,18 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
         for dead in ([tail, add] if tail is not add else [add]) + [node]:
             graph.erase_node(dead)
         fused += 1
+    for node in list(graph.nodes):  # maxpool(act(x)) -> act(maxpool(x))
+        pool = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(pool, nn.MaxPool2d) or pool.return_indices or len(node.args) != 1:
+            continue
+        act = node.args[0]
+        if not isinstance(act, torch.fx.Node) or len(act.users) != 1 or _clamp_of(act, modules) is None:
+            continue
+        node.args = (act.args[0],)
+        with graph.inserting_after(node):
+            moved = graph.node_copy(act, lambda n: node if n is act.args[0] else n)
+        node.replace_all_uses_with(moved, delete_user_cb=lambda user: user is not moved)
+        graph.erase_node(act)
     graph.lint()
     gm.recompile()
     gm.fused_epilogues = fused
