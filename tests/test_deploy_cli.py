@@ -114,3 +114,14 @@ def test_summary_cli_on_model_recipe_and_file(trained, tmp_path, capsys):
         assert data["input_size"] == [3, 8, 8] and data["bops"] > 0
     assert main(["summary", "no-such-thing"]) == 2
     assert "not a file, a model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["bitpack", "kernels", "modules", "convert", "fileformat", "export",
+                                    "optimize", "summary", "predict", "verify"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"biper.deploy.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

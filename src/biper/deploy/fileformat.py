@@ -21,7 +21,7 @@ Example::
     >>> import os, tempfile, torch
     >>> from biper.deploy.fileformat import read_file, write_file
     >>> path = os.path.join(tempfile.mkdtemp(), "m.biper")
-    >>> write_file(path, {"w": torch.arange(3)}, {"note": "hi"})
+    >>> size = write_file(path, {"w": torch.arange(3)}, {"note": "hi"})
     >>> meta, tensors = read_file(path)
     >>> meta["note"], tensors["w"].tolist()
     ('hi', [0, 1, 2])
