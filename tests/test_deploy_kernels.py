@@ -1,6 +1,7 @@
 """Native kernels vs the pure-PyTorch reference and brute force, every ISA; the fallback path."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -156,3 +157,11 @@ def test_gemm_checks_shapes():
         kernels.gemm(a, kernels.panel(torch.zeros(3, 2, dtype=torch.int64)), 3, 64, pixels=3)
     with pytest.raises(ValueError, match="int64"):
         kernels.gemm(a.int(), kernels.panel(torch.zeros(3, 2, dtype=torch.int64)), 3, 64)
+
+
+def test_unwritable_cache_falls_back_to_temp(native, monkeypatch, tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("x")
+    monkeypatch.setenv("BIPER_CACHE_DIR", str(blocked / "kernels"))  # cannot be created
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert kernels._writable_cache() == tmp_path / f"biper-kernels-{os.getuid()}"

@@ -12,7 +12,8 @@ each round calls a contender 5 times in a row so that the median reflects warm c
 - 4096x4096 linear at batch 1 and 64 (W1A1 `PackedLinear`);
 - end-to-end ImageNet ResNet-18 W1A1 (Bi-Real blocks, FP stem/downsample/FC) at batch 1, the
   file written by `export_model` and read by `load_packed`;
-- ``torch._int_mm`` on +-1 int8 matrices of the same GEMMs, where it runs.
+- ``torch._int_mm`` on +-1 int8 matrices of the same GEMMs, where it runs, next to the packed
+  GEMM alone (bits in, int32 out) for a like-for-like comparison.
 
 Float baselines are timed in both memory formats (NCHW and channels_last) and the faster one is
 the reference for the speed-up. Reported: median latency, inter-quartile range, speed-up.
@@ -101,10 +102,14 @@ def conv_case(batch: int):
     xc = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(256, 256, 3, 3)
     wc = w.contiguous(memory_format=torch.channels_last)
+    words = kernels.pack_rows(xc.permute(0, 2, 3, 1).reshape(-1, 256)).view(batch, 14, 14, -1)
+    rows = kernels.im2col(words, (3, 3), (1, 1), (1, 1), (1, 1), torch.zeros(4, dtype=torch.int64))
+    panels = packed._panels()
     fns = {"float32 NCHW": lambda: F.conv2d(x, w, padding=1),
            "float32 channels_last": lambda: F.conv2d(xc, wc, padding=1),
            "packed W1A1 (NCHW input)": lambda: packed(x),
-           "packed W1A1 (channels_last input)": lambda: packed(xc)}
+           "packed W1A1 (channels_last input)": lambda: packed(xc),
+           "packed GEMM only (bits in, int32 out)": lambda: kernels.gemm(rows, panels, 256, 2304)}
     mm = int_mm(batch * 196, 2304, 256)
     if mm is not None:
         fns["torch._int_mm int8 (GEMM only)"] = mm
@@ -196,7 +201,7 @@ def run_benchmarks(threads: int = 2, rounds: int = 30, warmup: int = 5, clock: s
                 out(f"\n{title}  ({n} interleaved rounds of 5 calls)")
                 for name, s in row.items():
                     s["speedup_vs_best_float32"] = best_float / s["median_ms"]
-                    out(f"  {name:34s} median {s['median_ms']:9.3f} ms   IQR {s['iqr_ms']:7.3f} ms   "
+                    out(f"  {name:38s} median {s['median_ms']:9.3f} ms   IQR {s['iqr_ms']:7.3f} ms   "
                         f"min {s['min_ms']:9.3f} ms   {s['speedup_vs_best_float32']:6.1f}x vs best float32")
                 for k, value in extra.items():
                     out(f"  {k}: {value:.4f}" if isinstance(value, float) else f"  {k}: {value}")

@@ -96,6 +96,19 @@ def _compiler() -> tuple[str, str] | None:
     return None
 
 
+def _writable_cache() -> Path:
+    """`cache_dir`, or a per-user folder in the temporary directory when it is not writable."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"biper-kernels-{user}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise RuntimeError(f"no writable cache directory (tried {cache_dir()} and the temporary directory)")
+
+
 def _build() -> Path:
     """Compile the C source into the cache (once per source/compiler/flags) and return its path."""
     found = _compiler()
@@ -103,16 +116,16 @@ def _build() -> Path:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
     cc, version = found
     source = SOURCE.read_bytes()
+    folder = _writable_cache()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             source + version.encode() + " ".join(flags).encode() + platform.machine().encode()
         ).hexdigest()[:20]
-        target = cache_dir() / f"bitkernels-{key}.so"
+        target = folder / f"bitkernels-{key}.so"
         if target.exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         cmd = [cc, *flags, str(SOURCE), "-o", tmp]
         try:
