@@ -125,3 +125,17 @@ def test_docstring_examples_run(module):
     mod = importlib.import_module(f"biper.deploy.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_bench_reports_speedups(tmp_path, capsys):
+    assert main(["bench", "--threads", "2", "--clock", "cpu"]) == 2
+    assert "--threads 1" in capsys.readouterr().err
+    assert main(["bench", "--threads", "1", "--clock", "cpu", "--rounds", "2", "--warmup", "0",
+                 "--only", "linear", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "linear 4096x4096 batch 1" in out and "vs best float32" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["environment"]["threads"] == 1 and len(report["results"]) == 2
+    for case in report["results"]:
+        packed = case["timings"]["packed W1A1"]
+        assert packed["median_ms"] > 0 and packed["speedup_vs_best_float32"] > 0

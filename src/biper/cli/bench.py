@@ -7,14 +7,9 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    from argparse import ArgumentParser
-
+    # the options mirror biper.deploy.bench.add_arguments, repeated here so that building the
+    # parser does not import torch
     p = sub.add_parser("bench", help="benchmark packed inference against float32 PyTorch")
-    _add(p)
-    p.set_defaults(run=run)
-
-
-def _add(p) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for both torch and the kernels")
     p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds per case")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
@@ -23,6 +18,7 @@ def _add(p) -> None:
     p.add_argument("--only", choices=("conv", "linear", "resnet18"), action="append",
                    help="run only these cases (repeatable)")
     p.add_argument("--json", help="also write the results to this file")
+    p.set_defaults(run=run)
 
 
 def run(args) -> int:
