@@ -173,7 +173,15 @@ def run_benchmarks(threads: int = 2, rounds: int = 30, warmup: int = 5, clock: s
         raise BiperError("--threads and --rounds must be >= 1 and >= 2, --warmup >= 0")
     if clock == "cpu" and threads != 1:
         raise BiperError("--clock cpu measures one thread's CPU time; use it with --threads 1")
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(threads, rounds, warmup, clock, only, json_path, out)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(threads, rounds, warmup, clock, only, json_path, out) -> dict:
     timer = time.thread_time if clock == "cpu" else time.perf_counter
     kinfo = kernels.info()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
