@@ -279,3 +279,19 @@ def test_optimize_moves_activation_behind_maxpool_exactly():
     x[0, 0, 0, 0] = float("nan")
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"], indirect=True)
+def test_empty_batch_and_strided_inputs(backend):
+    torch.manual_seed(7)
+    conv = BinaryConv2d(8, 4, 3, padding=1).eval()
+    linear = BinaryLinear(8, 4).eval()
+    pc, pl = PackedConv2d.from_binary(conv), PackedLinear.from_binary(linear)
+    with torch.no_grad():
+        assert pc(torch.randn(0, 8, 5, 5)).shape == (0, 4, 5, 5)
+        assert pc.accumulate(torch.randn(0, 8, 5, 5)).shape == (0, 4, 5, 5)
+        assert pl(torch.randn(0, 8)).shape == (0, 4)
+        x = torch.randn(2, 16, 7, 9)[:, ::2, 1:, ::2]  # non-contiguous in every dim
+        assert torch.equal(pc(x), conv(x))
+        v = torch.randn(3, 16)[:, ::2]
+        assert torch.equal(pl(v), linear(v))

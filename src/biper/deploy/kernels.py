@@ -331,7 +331,7 @@ def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int =
     m, length = a.shape
     if panels.shape[1:] != (length, PANEL) or panels.shape[0] * PANEL < n:
         raise ValueError(f"weight panels {tuple(panels.shape)} do not match {n} rows of {length} words")
-    if m % pixels:
+    if pixels < 1 or m % pixels:
         raise ValueError(f"{m} rows are not a whole number of samples of {pixels} pixels")
     if corr is not None:
         corr = _check(corr, torch.int32, "padding correction")

@@ -433,6 +433,7 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_
  * of its rows once, then for each panel runs every row block, so that the panel (KWD * 256
  * bytes) stays in L1.  Panels are split into ranges only as far as needed to feed every thread. */
 static void run_gemm(const gemm_t *g, int nthreads) {
+    if (g->M <= 0 || g->N <= 0) return; /* empty batch or no outputs */
     const int isa = biper_get_isa();
     rows_fn fns[5] = {0, 0, 0, 0, 0};
 #ifdef BIPER_X86
