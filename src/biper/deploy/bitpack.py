@@ -48,7 +48,7 @@ def n_words(k: int) -> int:
 
 def _bytes_to_words(b: torch.Tensor) -> torch.Tensor:
     """(..., 8 W) uint8, least significant byte first -> (..., W) int64 words."""
-    b = b.reshape(*b.shape[:-1], -1, 8)
+    b = b.reshape(*b.shape[:-1], b.shape[-1] // 8, 8)
     if sys.byteorder != "little":
         b = b.flip(-1)
     return b.contiguous().view(torch.int64).squeeze(-1)
@@ -71,7 +71,7 @@ def pack_bits(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     pad = n_words(k) * WORD_BITS - k
     if pad:
         bits = torch.nn.functional.pad(bits, (0, pad))
-    bits = bits.reshape(*bits.shape[:-1], -1, 8)  # (..., 8 W, 8)
+    bits = bits.reshape(*bits.shape[:-1], n_words(k) * 8, 8)  # (..., 8 W, 8)
     byte = (bits << _SHIFTS.to(bits.device)).sum(-1, dtype=torch.int32).to(torch.uint8)
     return _bytes_to_words(byte)  # (..., W)
 
@@ -82,9 +82,10 @@ def unpack_bits(words: torch.Tensor, k: int, dtype: torch.dtype = torch.float32)
         raise ValueError(f"packed words must be torch.int64, got {words.dtype}")
     if not 0 <= k <= words.shape[-1] * WORD_BITS:
         raise ValueError(f"k={k} does not fit in {words.shape[-1]} words of {WORD_BITS} bits")
-    byte = _words_to_bytes(words).reshape(*words.shape[:-1], -1)  # (..., 8 W)
+    nbytes = words.shape[-1] * 8
+    byte = _words_to_bytes(words).reshape(*words.shape[:-1], nbytes)  # (..., 8 W)
     bits = (byte.unsqueeze(-1) >> _SHIFTS.to(byte.device)) & 1  # (..., 8 W, 8)
-    bits = bits.reshape(*words.shape[:-1], -1)[..., :k]
+    bits = bits.reshape(*words.shape[:-1], nbytes * 8)[..., :k]
     return (1 - 2 * bits.to(torch.int8)).to(dtype)
 
 

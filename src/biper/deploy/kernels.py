@@ -293,7 +293,7 @@ def panel(wt: torch.Tensor) -> torch.Tensor:
 
 def unpanel(panels: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of `panel`: (NB, L, 32) -> (n, L)."""
-    return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:n]
+    return panels.transpose(1, 2).reshape(panels.shape[0] * PANEL, panels.shape[1])[:n]
 
 
 def _epilogue_args(residual, clamp, m: int, n: int):
@@ -384,7 +384,7 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
             words = pack_rows(x.permute(0, 2, 3, 1).reshape(b * h * w, c), thr)
         else:
             words = pack(x.contiguous().view(b, c, h * w), thr)
-        rows = im2col(words.view(b, h, w, -1), kernel, stride, padding, dilation, fill)
+        rows = im2col(words.view(b, h, w, n_words(c)), kernel, stride, padding, dilation, fill)
         return gemm(rows, panels, n, c * kernel[0] * kernel[1], pixels=oh * ow, corr=corr,
                     scale=scale, shift=shift, want_acc=want_acc, residual=residual, clamp=clamp)
     residual, do_clamp, lo, hi = _epilogue_args(residual, clamp, b * oh * ow, n)
