@@ -165,3 +165,24 @@ def test_unwritable_cache_falls_back_to_temp(native, monkeypatch, tmp_path):
     monkeypatch.setenv("BIPER_CACHE_DIR", str(blocked / "kernels"))  # cannot be created
     monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
     assert kernels._writable_cache() == tmp_path / f"biper-kernels-{os.getuid()}"
+
+
+def test_inconsistent_arguments_are_refused_before_native_code():
+    words = torch.zeros(1, 4, 4, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="fill"):
+        kernels.im2col(words, (3, 3), (1, 1), (1, 1), (1, 1), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="threshold"):
+        kernels.pack_rows(torch.zeros(3, 70), torch.zeros(69))
+    x = torch.zeros(1, 70, 4, 4)
+    panels = kernels.panel(torch.zeros(5, 9 * 2, dtype=torch.int64))
+    args = [x, None, panels, 5, (3, 3), (1, 1), (1, 1), (1, 1), torch.zeros(2, dtype=torch.int64), None,
+            None, None, True]
+    kernels.conv2d(*args)  # consistent: runs
+    for index, bad in [(2, kernels.panel(torch.zeros(5, 9, dtype=torch.int64))),
+                       (9, torch.zeros(3, 5, dtype=torch.int32)), (10, torch.ones(4))]:
+        wrong = list(args)
+        wrong[index] = bad
+        if index == 10:
+            wrong[11] = torch.zeros(5)
+        with pytest.raises(ValueError):
+            kernels.conv2d(*wrong)

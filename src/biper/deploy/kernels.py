@@ -239,6 +239,8 @@ def pack(x: torch.Tensor, thr: torch.Tensor | None = None) -> torch.Tensor:
     x = _check(x, torch.float32, "activations")
     thr = None if thr is None else _check(thr, torch.float32, "threshold")
     b, c, hw = x.shape
+    if thr is not None and thr.shape != (c,):
+        raise ValueError(f"threshold must have shape ({c},), got {tuple(thr.shape)}")
     lib = _load()
     if lib is None:
         shifted = x if thr is None else x - thr.view(1, c, 1)
@@ -253,6 +255,8 @@ def pack_rows(x: torch.Tensor, thr: torch.Tensor | None = None) -> torch.Tensor:
     x = _check(x, torch.float32, "activations")
     thr = None if thr is None else _check(thr, torch.float32, "threshold")
     r, c = x.shape
+    if thr is not None and thr.shape != (c,):
+        raise ValueError(f"threshold must have shape ({c},), got {tuple(thr.shape)}")
     lib = _load()
     if lib is None:
         return pack_bits(x if thr is None else x - thr)
@@ -267,6 +271,8 @@ def im2col(words: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     words = _check(words, torch.int64, "packed activations")
     fill = _check(fill, torch.int64, "fill words")
     b, h, w, cw = words.shape
+    if fill.shape != (cw,):
+        raise ValueError(f"fill must have shape ({cw},), got {tuple(fill.shape)}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
     lib = _load()
@@ -335,9 +341,13 @@ def gemm(a: torch.Tensor, panels: torch.Tensor, n: int, k: int, *, pixels: int =
         raise ValueError(f"{m} rows are not a whole number of samples of {pixels} pixels")
     if corr is not None:
         corr = _check(corr, torch.int32, "padding correction")
+        if corr.shape != (pixels, n):
+            raise ValueError(f"corr must have shape {(pixels, n)}, got {tuple(corr.shape)}")
     affine = scale is not None
     if affine:
         scale, shift = _check(scale, torch.float32, "scale"), _check(shift, torch.float32, "shift")
+        if scale.shape != (n,) or shift.shape != (n,):
+            raise ValueError(f"scale and shift must both have shape ({n},)")
     residual, do_clamp, lo, hi = _epilogue_args(residual, clamp, m, n)
     lib = _load()
     if lib is None:
@@ -377,6 +387,17 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
     ``residual`` is (B*OH*OW, n) row-major (an NHWC tensor)."""
     b, c, h, w = x.shape
     oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
+    cw = n_words(c)
+    if panels.shape != ((n + PANEL - 1) // PANEL, kernel[0] * kernel[1] * cw, PANEL):
+        raise ValueError(f"weight panels {tuple(panels.shape)} do not match {n} outputs of "
+                         f"{kernel[0]}x{kernel[1]} taps x {cw} words")
+    if fill.shape != (cw,) or (corr is not None and corr.shape != (oh * ow, n)):
+        raise ValueError(f"fill must be ({cw},) and corr ({oh * ow}, {n}); got {tuple(fill.shape)}, "
+                         f"{None if corr is None else tuple(corr.shape)}")
+    if scale is not None and (scale.shape != (n,) or shift is None or shift.shape != (n,)):
+        raise ValueError(f"scale and shift must both have shape ({n},)")
+    if thr is not None and thr.shape != (c,):
+        raise ValueError(f"threshold must have shape ({c},), got {tuple(thr.shape)}")
     lib = _load()
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if lib is None or x.dtype != torch.float32:
@@ -389,6 +410,11 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
                     scale=scale, shift=shift, want_acc=want_acc, residual=residual, clamp=clamp)
     residual, do_clamp, lo, hi = _epilogue_args(residual, clamp, b * oh * ow, n)
     x = x if channels_last else x.contiguous()
+    panels, fill = _check(panels, torch.int64, "weight panels"), _check(fill, torch.int64, "fill words")
+    corr = None if corr is None else _check(corr, torch.int32, "padding correction")
+    thr = None if thr is None else _check(thr, torch.float32, "threshold")
+    if scale is not None:
+        scale, shift = _check(scale, torch.float32, "scale"), _check(shift, torch.float32, "shift")
     acc = torch.empty(b * oh * ow, n, dtype=torch.int32) if want_acc else None
     y = torch.empty(b * oh * ow, n, dtype=torch.float32) if scale is not None else None
     status = lib.biper_conv2d(x.data_ptr(), int(channels_last), b, c, h, w, _ptr(thr), panels.data_ptr(),
