@@ -24,6 +24,7 @@ stages[i].task              name (classification|distillation), teacher (previou
                             temperature
 precision                   fp32 | bf16 (autocast; CPU or GPU) | amp (float16 + GradScaler, GPU)
 channels_last, compile      memory format of model and batches; wrap the model in torch.compile
+sync_bn                     BatchNorm -> SyncBatchNorm under DDP (global-batch statistics; CUDA)
 device, threads, seed       auto|cpu|cuda|cuda:N; torch intra-op threads (null: torch default)
 checkpoint_every_steps      extra mid-epoch checkpoints (null: only at the end of each epoch)
 keep_checkpoints            rolling checkpoints kept (>= 1; stage-final ones are always kept)
@@ -252,6 +253,7 @@ class RunConfig(_Config):
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
@@ -287,6 +289,7 @@ class RunConfig(_Config):
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("channels_last", self.channels_last)
         check_bool("compile", self.compile)
+        check_bool("sync_bn", self.sync_bn)
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.precision == "amp" and self.device == "cpu":

@@ -56,9 +56,10 @@ from ..errors import BiperError
 from ..nn import clip_latent_weights_
 from ..quantizers import set_progress
 from . import checkpoint as ck
+from . import distributed as ddp
 from .config import RunConfig
 from .metrics import epoch_line, is_main_process, log, progress_enabled, rank_world, write_json, write_metrics
-from .model import autocast_context, build_model_from_config, load_init_state, model_spec, resolve_device
+from .model import autocast_context, build_model_from_config, load_init_state, model_spec
 from .optim import LRSchedule, build_optimizer, set_lr
 from .run_files import check_resume_config, clean_temp_files, link_final, write_config
 from .tasks import ClassificationTask, DistillationTask
@@ -90,8 +91,12 @@ class NonFiniteLoss(TrainingStopped):
 
 def train(config: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False,
           quiet: bool = False) -> dict[str, Any]:
-    """Run (or with ``resume`` continue) a training run; returns the ``summary.json`` dict."""
-    return Trainer(config, out_dir, resume=resume, quiet=quiet).run()
+    """Run (or with ``resume`` continue) a training run; returns the ``summary.json`` dict.
+    Under torchrun every process calls it and they train together (`biper.train.distributed`)."""
+    if not isinstance(config, RunConfig):
+        raise BiperError(f"train expects a RunConfig (see load_run_config), got {type(config).__name__}")
+    with ddp.process_group(config.device, sync_bn=config.sync_bn):
+        return Trainer(config, out_dir, resume=resume, quiet=quiet).run()
 
 
 @torch.no_grad()
@@ -106,17 +111,29 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, *, device: torch.devi
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast_context(precision, device):
             logits = model(x)                                               # (B, K)
+        keep = min(y.numel(), loader.num_real - count)   # a rank's shard ends with padding duplicates
+        logits, y = logits[:keep], y[:keep]
         total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == y).sum())
         count += y.numel()
         bar.update()
     bar.close()
     model.train(was_training)
+    total_loss, correct, count = ddp.all_reduce_sums([total_loss, correct, count])  # over the shards
     return total_loss / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+EPOCH_SUMS = ("loss", "reg", "correct", "count")  # running sums of an epoch, added up over ranks
 
 
 def _fresh_epoch() -> dict[str, float]:
     return {"loss": 0.0, "reg": 0.0, "correct": 0, "count": 0, "time": 0.0, "lr": 0.0}
+
+
+def _global_sums(acc: dict) -> dict:
+    """``acc`` with its `EPOCH_SUMS` added up over all ranks (collective)."""
+    sums = ddp.all_reduce_sums([acc[k] for k in EPOCH_SUMS])
+    return dict(acc, **{k: (int(v) if k in ("correct", "count") else v) for k, v in zip(EPOCH_SUMS, sums)})
 
 
 class Trainer:
@@ -130,7 +147,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.resume, self.quiet = resume, quiet
-        self.device = resolve_device(config.device)
+        self.device = ddp.rank_device(config.device)  # cuda:LOCAL_RANK under torchrun
         autocast_context(config.precision, self.device)  # validates precision for the device
         self.rank, self.world = rank_world()
         self.main = is_main_process()
@@ -185,6 +202,10 @@ class Trainer:
         return self._finish(prev_state)
 
     def _find_start(self) -> tuple[Path, dict] | None:
+        """Rank 0 picks the checkpoint and sends it to every rank: all resume from the same one."""
+        return ddp.run_on_main(self._find_start_main)
+
+    def _find_start_main(self) -> tuple[Path, dict] | None:
         existing = ck.list_checkpoints(self.ckpt_dir)
         if not self.resume:
             if existing or (self.out / "summary.json").exists():
@@ -206,10 +227,12 @@ class Trainer:
         d = self.config.data
         kwargs = dict(subset=d.subset, cache_dir=d.cache_dir, skip_corrupt=d.skip_corrupt,
                       progress=not self.quiet and self.main, **d.options)
-        with wrap_errors("data"):
-            train_set = load_dataset(d.dataset, d.data_dir, "train", **kwargs)
-            test_set = load_dataset(d.dataset, d.data_dir, "test", **kwargs)
-        return train_set, test_set
+        def load():
+            with wrap_errors("data"):
+                return (load_dataset(d.dataset, d.data_dir, "train", **kwargs),
+                        load_dataset(d.dataset, d.data_dir, "test", **kwargs))
+
+        return ddp.main_first(load)  # rank 0 fills the cache before the others read it
 
     def _check_models(self) -> None:
         """Surface layer-selection errors of later stages now rather than after hours of
@@ -245,12 +268,12 @@ class Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         net = self._wrap(model)
-        loader = TensorLoader(self.train_set, cfg.data.batch_size, train=True, augment=cfg.data.augment,
+        batch = ddp.per_rank_batch(cfg.data.batch_size, self.world)  # the recipe's batch is global
+        loader = TensorLoader(self.train_set, batch, train=True, augment=cfg.data.augment,
                               seed=derive_seed(cfg.seed, "data", index), drop_last=cfg.data.drop_last,
                               rank=self.rank, world_size=self.world, channels_last=cfg.channels_last)
-        # evaluation runs on the whole test split in every process (shard it for DDP)
-        test_loader = TensorLoader(self.test_set, cfg.data.eval_batch_size, train=False,
-                                   channels_last=cfg.channels_last)
+        test_loader = TensorLoader(self.test_set, -(-cfg.data.eval_batch_size // self.world), train=False,
+                                   rank=self.rank, world_size=self.world, channels_last=cfg.channels_last)
         spe = len(loader)
         total = spe * stage.epochs if stage.max_steps is None else min(stage.max_steps, spe * stage.epochs)
         schedule = LRSchedule.for_stage(stage, total)
@@ -263,6 +286,8 @@ class Trainer:
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             step, acc = int(ckpt["progress"]["stage_step"]), dict(ckpt["metrics"]["epoch"])
+            if not self.main:  # the checkpoint holds the sums over all ranks: count them once
+                acc.update({k: _fresh_epoch()[k] for k in EPOCH_SUMS})
             if ckpt["progress"]["steps_per_epoch"] != spe:
                 raise BiperError(f"checkpoint has {ckpt['progress']['steps_per_epoch']} steps per epoch, "
                                  f"this run {spe}: the data or batch size changed")
@@ -271,7 +296,8 @@ class Trainer:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         else:
             log(f"stage {index + 1}/{len(cfg.stages)} '{stage.name}': {math.ceil(total / spe)} epoch(s), "
-                f"{total} steps of batch {cfg.data.batch_size}, {stage.optimizer} lr {stage.lr:g}, "
+                f"{total} steps of batch {cfg.data.batch_size}"
+                f"{f' ({self.world} processes x {batch})' if self.world > 1 else ''}, {stage.optimizer} lr {stage.lr:g}, "
                 f"{'binary' if spec['binarize'] else 'full precision'} model, {cfg.precision}"
                 f"{', channels_last' if cfg.channels_last else ''}, {torch.get_num_threads()} thread(s)")
         state = dict(index=index, model=model, net=net, optimizer=optimizer, scaler=scaler, task=task,
@@ -293,15 +319,17 @@ class Trainer:
                 if step % spe == 0 or step >= total:
                     break
                 every = cfg.checkpoint_every_steps
-                if every and self.global_step % every == 0 and not self._signal:
-                    acc_now = dict(acc, time=acc["time"] + time.perf_counter() - t_start, lr=lr)
+                acc_now = dict(acc, time=acc["time"] + time.perf_counter() - t_start, lr=lr)
+                self._maybe_stop(state, step, acc_now)  # after a signal: save and stop, all ranks together
+                if every and self.global_step % every == 0:
                     self._save(state, step, acc_now, stage_done=False)
-                self._maybe_stop(state, step, dict(acc, time=acc["time"] + time.perf_counter() - t_start, lr=lr))
             bar.close()
             acc["time"] += time.perf_counter() - t_start
+            ddp.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere: eval and checkpoint agree
+            ddp.check_in_sync(model, f"after epoch {epoch + 1} of stage '{stage.name}'")
             test_loss, test_acc = evaluate(net, test_loader, device=self.device, precision=cfg.precision,
                                            desc=f"{stage.name} eval", quiet=self.quiet)
-            row = self._row(index, epoch, lr, acc, test_loss, test_acc)
+            row = self._row(index, epoch, lr, _global_sums(acc), test_loss, test_acc)
             acc = _fresh_epoch()
             self._save(state, step, acc, stage_done=step >= total)
             if self.main:
@@ -320,7 +348,8 @@ class Trainer:
         with autocast_context(cfg.precision, self.device):
             loss, logits, parts = s["task"].loss(s["net"], x, y)
         value = loss.item()
-        if not math.isfinite(value):
+        if not math.isfinite(ddp.all_reduce_sums([value])[0]):  # every rank stops together
+            value = value if not math.isfinite(value) else "non-finite on another rank"
             last = self.last_path or "none (no checkpoint was written yet)"
             raise NonFiniteLoss(f"loss is {value} at stage '{stage.name}' step {step + 1} (global step "
                                 f"{self.global_step + 1}); stopped before updating the weights; last good "
@@ -399,18 +428,25 @@ class Trainer:
                                 label_smoothing=stage.label_smoothing, tau=stage.tau)
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The one place the model is wrapped for execution (torch.compile; DDP goes here)."""
+        """The one place the model is wrapped for execution: DDP (several processes), then
+        torch.compile. ``model`` itself stays the unwrapped module (state dicts, quantizers)."""
+        net = ddp.wrap_model(model, self.device, sync_bn=self.config.sync_bn)
         if self.config.compile:
-            return torch.compile(model)
-        return model
+            return torch.compile(net)
+        return net
 
     # -- checkpoints, signals, the end ----------------------------------------------------------
     def _wall(self) -> float:
         return self.wall_base + time.perf_counter() - self._t0
 
     def _save(self, s: dict, step: int, acc: dict, *, stage_done: bool) -> Path | None:
-        if not self.main:
-            return None
+        """Collective: rank 0 writes the checkpoint (epoch sums over all ranks); every rank
+        continues once it is on disk and knows its path."""
+        acc = _global_sums(acc)
+        self.last_path = ddp.run_on_main(lambda: self._write_checkpoint(s, step, acc, stage_done=stage_done))
+        return self.last_path
+
+    def _write_checkpoint(self, s: dict, step: int, acc: dict, *, stage_done: bool) -> Path:
         index, spe = s["index"], s["spe"]
         epoch, batch = divmod(step, spe)
         run_done = stage_done and index == len(self.config.stages) - 1
@@ -435,10 +471,11 @@ class Trainer:
         return self.last_path
 
     def _maybe_stop(self, s: dict, step: int, acc: dict, save: bool = True) -> None:
-        if self._signal is None:
+        signum = ddp.agree_signal(self._signal)  # collective: all ranks stop after the same step
+        if signum is None:
             return
         path = self._save(s, step, acc, stage_done=False) if save else self.last_path
-        raise TrainingInterrupted(self._signal, path)
+        raise TrainingInterrupted(signum, path)
 
     @contextlib.contextmanager
     def _signals(self):
@@ -476,7 +513,7 @@ class Trainer:
             "wall_time": self.history[-1]["wall_time"] if self.history else self._wall(),
             "weights_sha256": ck.weights_digest(final_state), "final_checkpoint": "final.pt",
             "device": str(self.device), "precision": self.config.precision,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "world_size": self.world,
         }
         if self.main:
             link_final(self.last_path, self.out / "final.pt")
