@@ -398,6 +398,8 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
         raise ValueError(f"scale and shift must both have shape ({n},)")
     if thr is not None and thr.shape != (c,):
         raise ValueError(f"threshold must have shape ({c},), got {tuple(thr.shape)}")
+    if x.device.type != "cpu":
+        raise ValueError(f"activations must be on the CPU for packed inference, got {x.device}")
     lib = _load()
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if lib is None or x.dtype != torch.float32:
