@@ -4,8 +4,11 @@ Loads a packaged recipe (``biper recipes``) or a YAML file, applies ``key=value`
 (dotted paths, YAML values: ``stages.0.lr=0.01``, ``binarize.weight_quantizer=bc``,
 ``stages.*.epochs=1``), and runs it with `biper.train.train`. ``--max-steps N`` caps every
 stage at N steps and ``--subset N`` keeps the first N training and N test examples, for quick
-checks. Exit status: 0 done, 1 stopped (NaN loss, failed checkpoint write), 2 bad input,
-128 + signal number after SIGINT / SIGTERM (a checkpoint was written; rerun with ``--resume``).
+checks. ``--nproc N`` trains data-parallel in N processes on this machine, the same as
+``torchrun --standalone --nproc_per_node=N -m biper train ...`` (one process per GPU, gloo on
+CPU; the recipe's batch size is the global batch). Exit status: 0 done, 1 stopped (NaN loss,
+failed checkpoint write), 2 bad input, 128 + signal number after SIGINT / SIGTERM (a checkpoint
+was written; rerun with ``--resume``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="cap every stage at N optimizer steps")
     p.add_argument("--subset", type=_positive_int, metavar="N", help="use only the first N train and N test examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars (epoch lines are still printed)")
+    p.add_argument("--nproc", type=_positive_int, metavar="N",
+                   help="data-parallel over N processes on this machine (torchrun; one per GPU, gloo on CPU)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(run=run)
 
@@ -53,15 +58,40 @@ def run(args) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.nproc and args.nproc > 1:  # the config is valid: start the workers
+        from ..train.distributed import launch, preflight
+
+        preflight(config, args.nproc)
+        return launch(args.nproc, _worker_argv(args))
     out = Path(args.out) if args.out else Path("runs") / Path(str(args.recipe)).stem
     try:
         summary = train(config, out, resume=args.resume, quiet=args.quiet)
     except TrainingStopped as stop:
-        print(f"biper train: {stop}", file=sys.stderr)
+        if _main_rank():
+            print(f"biper train: {stop}", file=sys.stderr)
         return stop.exit_code
     except CheckpointWriteError as err:
         print(f"biper train: error: {err}", file=sys.stderr)
         return 1
+    if not _main_rank():
+        return 0
     print(f"final test accuracy {summary['final_test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%), "
           f"weights sha256 {summary['weights_sha256'][:16]}..., summary in {out / 'summary.json'}")
     return 0
+
+
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun job, or a lone process (the process group is gone by now)."""
+    from ..train.distributed import env_world
+
+    return env_world()[0] == 0
+
+
+def _worker_argv(args) -> list[str]:
+    """The ``biper`` command line each worker of ``--nproc`` runs (without ``--nproc``)."""
+    argv = ["train", str(args.recipe), *args.overrides]
+    for flag, value in (("--data-dir", args.data_dir), ("--out", args.out), ("--max-steps", args.max_steps),
+                        ("--subset", args.subset)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + [flag for flag, on in (("--resume", args.resume), ("--quiet", args.quiet)) if on]

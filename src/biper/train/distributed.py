@@ -54,7 +54,7 @@ from ..errors import BiperError
 from .metrics import rank_world
 
 __all__ = ["DistInfo", "env_world", "backend_for", "rank_device", "process_group", "per_rank_batch",
-           "wrap_model", "barrier", "broadcast_object", "run_on_main", "main_first", "all_reduce_sums",
+           "preflight", "wrap_model", "barrier", "broadcast_object", "run_on_main", "main_first", "all_reduce_sums",
            "agree_signal", "sync_buffers", "rank_divergence", "check_in_sync", "launch"]
 
 T = TypeVar("T")
@@ -167,6 +167,24 @@ def per_rank_batch(global_batch: int, world: int, name: str = "data.batch_size")
     return global_batch // world
 
 
+def preflight(config, world: int) -> None:
+    """Errors a run of ``config`` over ``world`` processes on this machine would hit, raised
+    once before any process starts: an uneven global batch, sync_bn off CUDA, too few GPUs."""
+    from .model import resolve_device
+
+    per_rank_batch(config.data.batch_size, world)
+    device = resolve_device(config.device)
+    if config.sync_bn and world > 1 and device.type != "cuda":
+        raise BiperError(f"sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU kernel for it), "
+                         f"this run uses {device}; set sync_bn=false")
+    if device.type == "cuda" and world > torch.cuda.device_count():
+        raise BiperError(f"--nproc {world} but this machine has {torch.cuda.device_count()} GPU(s); "
+                         f"use at most one process per GPU")
+    if device.type == "cuda" and device.index is not None and world > 1:
+        raise BiperError(f"device: {config.device} names one GPU but {world} processes would run; "
+                         f"use device=cuda (each process takes cuda:LOCAL_RANK)")
+
+
 def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False) -> nn.Module:
     """``DistributedDataParallel(model)``; with ``sync_bn`` its BatchNorm layers become
     ``SyncBatchNorm`` first (in place: same parameters, buffers and state-dict keys).
@@ -181,7 +199,7 @@ def wrap_model(model: nn.Module, device: torch.device, *, sync_bn: bool = False)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if torch.device(device).type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=ids)  # buffers follow rank 0 before each forward
 
 
 # -- collectives (each is a no-op with one process) --------------------------------------------
