@@ -6,9 +6,9 @@
  * One binary carries three variants of the GEMM; the best one the running CPU supports is
  * chosen at run time with __builtin_cpu_supports:
  *
- *   2  AVX-512F + VPOPCNTDQ   8 words per vpopcntq, 4x4 register block
- *   1  AVX2                   nibble-LUT popcount (vpshufb + vpsadbw), 2x4 register block
- *   0  portable C             __builtin_popcountll, 4x4 block
+ *   2  AVX-512F + VPOPCNTDQ   vpopcntq on 8 channels per vector, 4 rows x 32 channels in registers
+ *   1  AVX2                   nibble-LUT popcount (vpshufb + vpsadbw), 4 rows x 8 channels
+ *   0  portable C             __builtin_popcountll (the POPCNT instruction on x86 that has it)
  *
  * Conventions shared with the Python side (biper/deploy/bitpack.py):
  *   bit = (x < 0), i.e. +1 -> 0 and -1 -> 1 (so 0.0 and -0.0 are +1);
@@ -276,8 +276,9 @@ static inline void store_row(const gemm_t *g, int64_t m, const int32_t *crow, in
 }
 
 /* -- portable: rows m.. (tap table `tap`), one panel nb ---------------------------------- */
-static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap,
-                          const int32_t **crow, int64_t nb) {
+static inline __attribute__((always_inline)) void
+body_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap, const int32_t **crow,
+              int64_t nb) {
     const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
     {
         const int64_t n0 = nb * PANEL, cnt = MIN(PANEL, g->N - n0);
@@ -293,6 +294,20 @@ static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **t
         }
     }
 }
+
+static void rows_portable(const gemm_t *g, int64_t m, int mr, const uint64_t **tap,
+                          const int32_t **crow, int64_t nb) {
+    body_portable(g, m, mr, tap, crow, nb);
+}
+
+#ifdef BIPER_X86
+/* x86 CPUs without AVX2 still have the POPCNT instruction (the generic build calls libgcc) */
+__attribute__((target("popcnt"))) static void
+rows_popcnt(const gemm_t *g, int64_t m, int mr, const uint64_t **tap, const int32_t **crow,
+            int64_t nb) {
+    body_portable(g, m, mr, tap, crow, nb);
+}
+#endif
 
 #ifdef BIPER_X86
 /* -- AVX-512 VPOPCNTDQ: MR rows x 32 channels (4 vectors of 8) in 4*MR accumulators ----- */
@@ -442,6 +457,10 @@ static void run_gemm(const gemm_t *g, int nthreads) {
 #endif
     if (isa == 1) { fns[1] = rows256_1; fns[2] = rows256_2; fns[3] = rows256_3; fns[4] = rows256_4; }
 #endif
+    void (*portable)(const gemm_t *, int64_t, int, const uint64_t **, const int32_t **, int64_t) = rows_portable;
+#ifdef BIPER_X86
+    if (__builtin_cpu_supports("popcnt")) portable = rows_popcnt;
+#endif
     const int64_t nmb = (g->M + 3) / 4, npanel = (g->N + PANEL - 1) / PANEL;
     const int64_t want = 8 * (int64_t)(nthreads > 0 ? nthreads : 1);
     int64_t mg = MGROUP, nmg = (nmb + mg - 1) / mg;
@@ -467,7 +486,7 @@ static void run_gemm(const gemm_t *g, int nthreads) {
                 if (fns[mr])
                     fns[mr](g, m, tap + r0 * TMAX, crow + r0, nb);
                 else
-                    rows_portable(g, m, (int)mr, tap + r0 * TMAX, crow + r0, nb);
+                    portable(g, m, (int)mr, tap + r0 * TMAX, crow + r0, nb);
             }
     }
 }
