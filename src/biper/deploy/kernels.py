@@ -401,7 +401,10 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
     if x.device.type != "cpu":
         raise ValueError(f"activations must be on the CPU for packed inference, got {x.device}")
     lib = _load()
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if h * w == 1:  # one-pixel images (linear layers) are rows in both layouts: the row packer
+        x, channels_last = x.contiguous(), True
+    else:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if lib is None or x.dtype != torch.float32:
         if channels_last:
             words = pack_rows(x.permute(0, 2, 3, 1).reshape(b * h * w, c), thr)

@@ -333,13 +333,16 @@ class PackedLinear(_Packed):
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)  # (M, K)
         thr = self.in_threshold
-        if x.dtype != torch.float32:
-            words = pack_bits(rows if thr is None else rows - thr.to(x.dtype))
-        else:
-            words = kernels.pack_rows(rows, thr)
-        acc, y = kernels.gemm(words, self._panels(), self.out_features, self.in_features,
-                              scale=self.out_scale if affine else None,
-                              shift=self.out_shift if affine else None, want_acc=want_acc)
+        if x.dtype != torch.float32:  # exact sign on any dtype, then the float32 path
+            rows = torch.where((rows if thr is None else rows - thr.to(x.dtype)) < 0, -1.0, 1.0).float()
+            thr = None
+        if "fill" not in self._cache:
+            self._cache["fill"] = torch.zeros(n_words(self.in_features), dtype=torch.int64)
+        # a linear layer is a 1x1 convolution of M one-pixel images: one native call
+        acc, y = kernels.conv2d(rows.view(-1, self.in_features, 1, 1), thr, self._panels(),
+                                self.out_features, (1, 1), (1, 1), (0, 0), (1, 1), self._cache["fill"],
+                                None, self.out_scale if affine else None,
+                                self.out_shift if affine else None, want_acc)
         shape = (*lead, self.out_features)
         return (acc.view(shape) if acc is not None else None), (y.view(shape) if y is not None else None)
 
