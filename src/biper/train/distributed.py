@@ -293,16 +293,16 @@ def sync_buffers(model: nn.Module) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-def _state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [(n, p.detach()) for n, p in model.named_parameters()] + list(model.named_buffers())
-
-
-def rank_divergence(model: nn.Module) -> dict[str, float]:
-    """``{name: max |x_r - x_0| over ranks r}`` for every parameter or buffer that differs from
-    rank 0's anywhere (NaN where only one side is NaN); ``{}`` when all ranks are bit-identical."""
+def rank_divergence(model: nn.Module, *, buffers: bool = True) -> dict[str, float]:
+    """``{name: max |x_r - x_0| over ranks r}`` for every parameter (and buffer) that differs
+    from rank 0's anywhere (inf where only one side is NaN); ``{}`` when all ranks agree bit
+    for bit. Buffers differ between the forward passes of DDP training (each rank updates its
+    BatchNorm statistics from its own batch until rank 0's are broadcast): pass
+    ``buffers=False`` there, or call `sync_buffers` first."""
     if rank_world()[1] == 1:
         return {}
-    named = _state_tensors(model)
+    named = [(n, p.detach()) for n, p in model.named_parameters()]
+    named += list(model.named_buffers()) if buffers else []
     if not named:
         return {}
     dev = _comm_device()
