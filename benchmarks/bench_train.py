@@ -1,9 +1,11 @@
 """Seconds per CIFAR-10 training epoch: BiPer W1A1 ResNet-20 next to float ResNet-20.
 
-Every configuration runs the engine's training step (quantizer progress, learning rate, task
-loss with the sin^2 regulariser, backward, SGD step, latent clipping) on batches of 256 from
-the same loader the trainer uses, after a warm-up, and reports the median over ``--repeats``
-timed blocks of ``--steps`` steps, extrapolated to one epoch of 50,000 images (196 steps).
+Every configuration runs the engine's training step (quantizer progress, task loss with the
+sin^2 regulariser, backward, SGD step, latent clipping) on batches of 256 from the trainer's
+loader. After a warm-up, the configurations take turns: each round times ``--steps`` steps of
+every configuration, and the median over ``--rounds`` rounds is extrapolated to one epoch of
+50,000 images (196 steps). Interleaving keeps the ratios fair when other processes share the
+CPU; the spread column shows how much the rounds disagreed.
 Evaluation is timed separately (10,000 test images). The baseline is the float ResNet-20 in
 eager float32 measured in the same process.
 
@@ -14,6 +16,7 @@ Usage::
 
     python benchmarks/bench_train.py                         # synthetic CIFAR-sized data
     python benchmarks/bench_train.py --data-dir ../shared/data --threads 2
+    python benchmarks/bench_train.py --compile                # + torch.compile'd models
 """
 
 from __future__ import annotations
@@ -40,91 +43,125 @@ from biper.train.tasks import ClassificationTask  # noqa: E402
 STEPS_PER_EPOCH = 196  # ceil(50000 / 256)
 
 CASES = [
-    # label, binarized?, stage (0 sine / 1 square), precision, channels_last
-    ("float  fp32 eager (baseline)", False, 1, "fp32", False),
-    ("float  bf16 + channels_last", False, 1, "bf16", True),
-    ("BiPer  W1A1 fp32 eager, square", True, 1, "fp32", False),
-    ("BiPer  W1A1 bf16 + channels_last, sine", True, 0, "bf16", True),
-    ("BiPer  W1A1 bf16 + channels_last, square", True, 1, "bf16", True),
+    # label, binarized?, stage (0 sine / 1 square), precision, channels_last, compile
+    ("float  fp32 eager (baseline)", False, 1, "fp32", False, False),
+    ("float  bf16 + channels_last", False, 1, "bf16", True, False),
+    ("BiPer  W1A1 fp32 eager, square", True, 1, "fp32", False, False),
+    ("BiPer  W1A1 bf16 + channels_last, sine", True, 0, "bf16", True, False),
+    ("BiPer  W1A1 bf16 + channels_last, square", True, 1, "bf16", True, False),
+]
+COMPILED = [
+    ("float  bf16 + channels_last + compile", False, 1, "bf16", True, True),
+    ("BiPer  W1A1 bf16 + cl + compile, square", True, 1, "bf16", True, True),
 ]
 
 
-def time_case(binary: bool, stage_index: int, precision: str, channels_last: bool, data, args):
-    overrides = [f"precision={precision}", f"channels_last={str(channels_last).lower()}"]
-    if not binary:
-        overrides.append("binarize=null")
-    cfg = load_run_config("cifar10-resnet20-biper", overrides)
-    stage = cfg.stages[min(stage_index, len(cfg.stages) - 1)]
-    torch.manual_seed(0)
-    model = build_model_from_config(model_spec(cfg, min(stage_index, len(cfg.stages) - 1), 10))
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = build_optimizer(model, stage)
-    task = ClassificationTask(label_smoothing=stage.label_smoothing, tau=stage.tau if binary else 0.0)
-    train_set, test_set = data
-    loader = TensorLoader(train_set, 256, train=True, seed=0, channels_last=channels_last)
-    device = torch.device("cpu")
-    batches = list(loader.iter_from(0))[: args.steps]
+class Case:
+    """One configuration: a model, its optimizer and task, and a timed training step."""
 
-    def block(n):
-        t0 = time.perf_counter()
+    def __init__(self, label, binary, stage_index, precision, channels_last, compiled, batches):
+        overrides = [f"precision={precision}", f"channels_last={str(channels_last).lower()}"]
+        if not binary:
+            overrides.append("binarize=null")
+        cfg = load_run_config("cifar10-resnet20-biper", overrides)
+        stage = cfg.stages[stage_index]
+        torch.manual_seed(0)
+        self.model = build_model_from_config(model_spec(cfg, stage_index, 10))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if compiled else self.model
+        self.optimizer = build_optimizer(self.model, stage)
+        self.task = ClassificationTask(label_smoothing=stage.label_smoothing, tau=stage.tau if binary else 0.0)
+        self.label, self.binary, self.precision, self.channels_last = label, binary, precision, channels_last
+        self.key = (binary, precision, channels_last, compiled, stage_index)
+        cl = torch.channels_last if channels_last else torch.contiguous_format
+        self.batches = [(x.contiguous(memory_format=cl), y) for x, y in batches]
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def steps(self, n: int) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) per step over ``n`` engine training steps."""
+        device = torch.device("cpu")
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
-            x, y = batches[i % len(batches)]
-            set_progress(model, 0.5)
-            with autocast_context(precision, device):
-                loss, _, _ = task.loss(model, x, y)
+            x, y = self.batches[i % len(self.batches)]
+            set_progress(self.model, 0.5)
+            with autocast_context(self.precision, device):
+                loss, _, _ = self.task.loss(self.net, x, y)
             loss.item()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            clip_latent_weights_(model)
-        return (time.perf_counter() - t0) / n
+            self.optimizer.step()
+            clip_latent_weights_(self.model)
+        return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
-    block(args.warmup)
-    per_step = [block(args.steps) for _ in range(args.repeats)]
-    eval_loader = TensorLoader(test_set, 500, train=False, channels_last=channels_last)
-    t0 = time.perf_counter()
-    evaluate(model, eval_loader, device=device, precision=precision)
-    eval_time = (time.perf_counter() - t0) * 10000 / len(test_set)
-    return statistics.median(per_step), (max(per_step) - min(per_step)) / 2, eval_time
+    def eval_seconds(self, test_set) -> float:
+        loader = TensorLoader(test_set, 500, train=False, channels_last=self.channels_last)
+        t0 = time.perf_counter()
+        evaluate(self.net, loader, device=torch.device("cpu"), precision=self.precision)
+        return (time.perf_counter() - t0) * 10000 / len(test_set)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="folder with CIFAR-10 (default: synthetic 32x32 data)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per block")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per case and round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; cases alternate inside each round")
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eval-images", type=int, default=2000, help="test images timed for evaluation")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     n_train = 256 * args.steps
     if args.data_dir:
-        data = (load_dataset("cifar10", args.data_dir, "train", subset=n_train, progress=False),
-                load_dataset("cifar10", args.data_dir, "test", subset=args.eval_images, progress=False))
+        train_set = load_dataset("cifar10", args.data_dir, "train", subset=n_train, progress=False)
+        test_set = load_dataset("cifar10", args.data_dir, "test", subset=args.eval_images, progress=False)
     else:
-        data = (load_dataset("synthetic", None, "train", length=n_train),
-                load_dataset("synthetic", None, "test", length=args.eval_images))
+        train_set = load_dataset("synthetic", None, "train", length=n_train)
+        test_set = load_dataset("synthetic", None, "test", length=args.eval_images)
+    batches = list(TensorLoader(train_set, 256, train=True, seed=0).iter_from(0))
     cpu = platform.processor() or platform.machine()
     print(f"# torch {torch.__version__}, {args.threads} thread(s), {cpu}, python {platform.python_version()}")
-    print(f"# {args.repeats} x {args.steps} steps of batch 256 after {args.warmup} warm-up steps; "
-          f"epoch = {STEPS_PER_EPOCH} steps; eval = 10,000 images")
-    print(f"{'configuration':<44} {'s/step':>8} {'s/epoch':>9} {'+-':>6} {'eval s':>7} {'vs fp32':>8} {'vs float same':>14}")
-    results = {}
-    for label, binary, stage, precision, cl in CASES:
-        step, spread, ev = time_case(binary, stage, precision, cl, data, args)
-        results[(binary, precision, cl)] = step
-        base = results[(False, "fp32", False)]
-        same = results.get((False, precision, cl))
-        ratio_same = f"{step / same:.2f}x" if binary and same else "-"
-        print(f"{label:<44} {step:8.3f} {step * STEPS_PER_EPOCH:9.1f} {spread * STEPS_PER_EPOCH:6.1f} "
-              f"{ev:7.1f} {step / base:7.2f}x {ratio_same:>14}", flush=True)
-    best = results[(True, "bf16", True)]
-    print(f"# BiPer W1A1 bf16+channels_last: {best / results[(False, 'fp32', False)]:.2f}x eager fp32 "
-          f"(target <= 0.35x), {best / results[(False, 'bf16', True)]:.2f}x float same settings "
-          f"(target <= 1.10x)")
+    print(f"# median over {args.rounds} interleaved rounds of {args.steps} steps (batch 256) per case, after "
+          f"{args.warmup} warm-up steps; epoch = {STEPS_PER_EPOCH} steps; eval = 10,000 images")
+    cases = [Case(*spec, batches) for spec in CASES + (COMPILED if args.compile else [])]
+    evals = {}
+    for case in cases:
+        t0 = time.perf_counter()
+        case.steps(args.warmup)
+        evals[case.key] = case.eval_seconds(test_set)
+        if case.key[3]:  # compiled
+            print(f"# {case.label}: compiled and warmed up in {time.perf_counter() - t0:.0f}s", flush=True)
+    for _ in range(args.rounds):  # interleave so that load from other processes hits every case alike
+        for case in cases:
+            wall, cpu_s = case.steps(args.steps)
+            case.times.append(wall)
+            case.cpu.append(cpu_s)
+    for clock in ("wall", "cpu"):
+        what = ("wall-clock seconds" if clock == "wall" else
+                "process CPU seconds (all threads; robust to other processes' load)")
+        print(f"\n## {what}")
+        print(f"{'configuration':<44} {'s/step':>8} {'s/epoch':>9} {'spread':>7} {'eval s':>7} {'vs fp32':>8} "
+              f"{'vs float same':>14}")
+        series = {c.key: (c.times if clock == "wall" else c.cpu) for c in cases}
+        med = {k: statistics.median(v) for k, v in series.items()}
+        base = med[(False, "fp32", False, False, 1)]
+        for c in cases:
+            step = med[c.key]
+            same = med.get((False,) + c.key[1:4] + (1,))
+            ratio_same = f"{step / same:.2f}x" if c.binary and same else "-"
+            spread = (max(series[c.key]) - min(series[c.key])) * STEPS_PER_EPOCH
+            ev = f"{evals[c.key]:7.1f}" if clock == "wall" else f"{'':>7}"
+            print(f"{c.label:<44} {step:8.3f} {step * STEPS_PER_EPOCH:9.1f} {spread:7.1f} {ev} "
+                  f"{step / base:7.2f}x {ratio_same:>14}")
+        for compiled in (False, True):
+            key = (True, "bf16", True, compiled, 1)
+            if key in med:
+                print(f"# BiPer W1A1 bf16+channels_last{' + compile' if compiled else ''}: "
+                      f"{med[key] / base:.2f}x eager fp32 (target <= 0.35x), "
+                      f"{med[key] / med[(False, 'bf16', True, compiled, 1)]:.2f}x float same settings "
+                      f"(target <= 1.10x)")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,11 @@ class Trainer:
         if start is not None:
             check_resume_config(start[1].get("config", {}), cfg.to_dict(), start[0])
         elif self.main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ck.CheckpointWriteError(f"cannot create the run folder {self.ckpt_dir}: "
+                                              f"{err.strerror or err}") from None
             write_config(self.out, cfg)
         prev_state, ckpt, first = None, None, 0
         if start is not None:
@@ -206,6 +210,8 @@ class Trainer:
         return ddp.run_on_main(self._find_start_main)
 
     def _find_start_main(self) -> tuple[Path, dict] | None:
+        if self.out.exists() and not self.out.is_dir():
+            raise BiperError(f"--out {self.out} is a file; give a folder for the run")
         existing = ck.list_checkpoints(self.ckpt_dir)
         if not self.resume:
             if existing or (self.out / "summary.json").exists():
