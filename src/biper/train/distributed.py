@@ -29,12 +29,15 @@ draws progress bars and writes files; it also picks the checkpoint to resume fro
 to every rank (`run_on_main`, `broadcast_object`), so all ranks resume from the same state even
 when only rank 0 sees the run folder.
 
-Example (inside a process started by torchrun)::
+Example (a script started with ``torchrun --nproc_per_node=2 script.py``; `biper.train.train`
+does all of this itself)::
 
-    >>> with process_group("auto") as info:        # init from the environment, then clean up
-    ...     net = wrap_model(model, info.device)    # DDP (+ SyncBatchNorm with sync_bn=True)
-    ...     ...train...
-    ...     assert not rank_divergence(model)       # {} : identical parameters on all ranks
+    with process_group("auto") as info:              # join the job, leave it at the end
+        net = wrap_model(model.to(info.device), info.device)  # DDP (+ SyncBatchNorm: sync_bn=True)
+        loader = TensorLoader(data, per_rank_batch(256, info.world), train=True,
+                              rank=info.rank, world_size=info.world)
+        ...                                          # the usual loop over loader with net
+        check_in_sync(model, "at the end")           # raises if any rank drifted
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import dataclasses
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -55,10 +58,9 @@ from .metrics import rank_world
 
 __all__ = ["DistInfo", "env_world", "backend_for", "rank_device", "process_group", "per_rank_batch",
            "preflight", "wrap_model", "barrier", "broadcast_object", "run_on_main", "main_first", "all_reduce_sums",
-           "agree_signal", "sync_buffers", "rank_divergence", "check_in_sync", "launch"]
+           "agree_signal", "sync_buffers", "cuda_rng_states", "set_cuda_rng_states", "rank_divergence", "check_in_sync", "launch"]
 
 T = TypeVar("T")
-ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +293,26 @@ def sync_buffers(model: nn.Module) -> None:
         return
     for buf in model.buffers():
         dist.broadcast(buf.data, src=0)
+
+
+def cuda_rng_states() -> list[torch.Tensor]:
+    """CUDA generator states for a checkpoint: every visible GPU's with one process, only this
+    rank's own GPU under DDP (querying the others would open a CUDA context on each of them)."""
+    if not torch.cuda.is_available():
+        return []
+    if rank_world()[1] == 1:
+        return torch.cuda.get_rng_state_all()
+    return [torch.cuda.get_rng_state()]
+
+
+def set_cuda_rng_states(states: Sequence[torch.Tensor]) -> None:
+    """Restore `cuda_rng_states`; under DDP every rank takes the first state for its own GPU."""
+    if not torch.cuda.is_available() or not states:
+        return
+    if rank_world()[1] == 1:
+        torch.cuda.set_rng_state_all(states)
+    else:
+        torch.cuda.set_rng_state(states[0])
 
 
 def rank_divergence(model: nn.Module, *, buffers: bool = True) -> dict[str, float]:
