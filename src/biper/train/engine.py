@@ -298,8 +298,7 @@ class Trainer:
                 raise BiperError(f"checkpoint has {ckpt['progress']['steps_per_epoch']} steps per epoch, "
                                  f"this run {spe}: the data or batch size changed")
             torch.set_rng_state(ckpt["rng"]["torch"])
-            if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
-                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+            ddp.set_cuda_rng_states(ckpt["rng"].get("cuda") or [])
         else:
             log(f"stage {index + 1}/{len(cfg.stages)} '{stage.name}': {math.ceil(total / spe)} epoch(s), "
                 f"{total} steps of batch {cfg.data.batch_size}"
@@ -465,7 +464,7 @@ class Trainer:
             "optimizer": s["optimizer"].state_dict(),
             "scaler": s["scaler"].state_dict() if s["scaler"] is not None else None,
             "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                    "cuda": ddp.cuda_rng_states()},  # this GPU's only under DDP
             "metrics": {"history": self.history, "epoch": acc, "best": self.best, "wall_time": self._wall()},
         }
         name = ck.checkpoint_name(self.global_step, index if stage_done else None)
