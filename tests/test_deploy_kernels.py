@@ -88,7 +88,12 @@ def test_conv_and_im2col_native_equal_reference(native, isa):
         w = pack_bits(torch.randn(n, kernel[0] * kernel[1], c, generator=gen)).reshape(n, -1)
         panels = kernels.panel(w)
         oh, ow = kernels.conv_output_size(9, 11, kernel, stride, pad, dil)
-        corr = torch.randint(-9, 9, (oh * ow, n), generator=gen, dtype=torch.int32)
+        corr = torch.randint(-9, 9, (oh, ow, n), generator=gen, dtype=torch.int32)
+        ih0, iw0 = torch.arange(oh) * stride[0] - pad[0], torch.arange(ow) * stride[1] - pad[1]
+        inside_h = (ih0 >= 0) & (ih0 + (kernel[0] - 1) * dil[0] < 9)
+        inside_w = (iw0 >= 0) & (iw0 + (kernel[1] - 1) * dil[1] < 11)
+        corr[inside_h[:, None] & inside_w[None, :]] = 0  # a padding correction: zero inside
+        corr = corr.view(oh * ow, n)
         scale, shift = torch.rand(n, generator=gen), torch.randn(n, generator=gen)
         thr = torch.randn(c, generator=gen) * 0.2
         for xin in (x, x.contiguous(memory_format=torch.channels_last)):

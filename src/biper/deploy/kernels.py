@@ -384,7 +384,9 @@ def conv2d(x: torch.Tensor, thr: torch.Tensor | None, panels: torch.Tensor, n: i
            residual: torch.Tensor | None = None, clamp: tuple[float, float] | None = None):
     """W1A1 convolution of float32 x (B, C, H, W) (contiguous or channels_last): pack, im2col
     and `gemm` in one call. Returns ``(acc, y)`` row-major (B*OH*OW, n) like `gemm`;
-    ``residual`` is (B*OH*OW, n) row-major (an NHWC tensor)."""
+    ``residual`` is (B*OH*OW, n) row-major (an NHWC tensor). ``corr`` (OH*OW, n) is the
+    zero-padding correction: it must be zero for pixels whose window lies inside the input
+    (the native kernel does not read those rows)."""
     b, c, h, w = x.shape
     oh, ow = conv_output_size(h, w, kernel, stride, padding, dilation)
     cw = n_words(c)

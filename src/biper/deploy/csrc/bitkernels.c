@@ -213,6 +213,7 @@ typedef struct {
     const float *res; /* (M, N) residual added to y, or NULL */
     int clamp;        /* clamp y to [lo, hi] */
     float lo, hi;
+    int corr_border;  /* corr rows of pixels whose window lies inside the input are zero: skip */
 } gemm_t;
 
 /* Tap pointers and correction rows of rows m .. m+nrows-1: tap[r * TMAX + t] -> CW words,
@@ -232,6 +233,7 @@ static void build_rows(const gemm_t *g, int64_t m, int64_t nrows, const uint64_t
         if (ih0 >= 0 && ih0 + (g->KH - 1) * g->DH < g->H && iw0 >= 0 && iw0 + (g->KW - 1) * g->DW < g->W) {
             const uint64_t *base = g->X + ((b * g->H + ih0) * g->W + iw0) * g->CW;
             for (int64_t t = 0; t < T; ++t) row[t] = base + off[t];
+            crow[r] = g->corr && !g->corr_border ? g->corr + p * g->N : 0;
         } else {
             for (int64_t i = 0; i < g->KH; ++i) {
                 const int64_t ih = ih0 + i * g->DH;
@@ -241,8 +243,8 @@ static void build_rows(const gemm_t *g, int64_t m, int64_t nrows, const uint64_t
                                              ? g->X + ((b * g->H + ih) * g->W + iw) * g->CW : g->fill;
                 }
             }
+            crow[r] = g->corr ? g->corr + p * g->N : 0;
         }
-        crow[r] = g->corr ? g->corr + p * g->N : 0;
         if (++ow == g->OW) {
             ow = 0;
             if (++oh == g->OH) {
@@ -318,7 +320,9 @@ static inline __attribute__((always_inline)) T512 void
 body512(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, int64_t nb,
         const int MR, const int ONEWORD) {
     const int64_t T = g->KH * g->KW, CW = ONEWORD ? 1 : g->CW, KWD = T * CW;
-    const __m256i kk = _mm256_set1_epi32((int)g->K);
+    const __m512i kk = _mm512_set1_epi32((int)g->K);
+    /* even dwords = the low halves of 16 int64 lanes (popcount sums < 2^31) */
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     {
         const int64_t n0 = nb * PANEL;
         const uint64_t *wk = g->Wp + nb * KWD * PANEL;
@@ -345,23 +349,23 @@ body512(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, 
         for (int r = 0; r < MR; ++r) {
             const int64_t row = (m + r) * g->N;
             const int32_t *corr = crow[r];
-            for (int v = 0; v < 4; ++v) {
-                const int64_t n = n0 + 8 * v;
+            for (int h = 0; h < 2; ++h) { /* 16 channels at a time: two int64 vectors -> int32 */
+                const int64_t n = n0 + 16 * h;
                 if (n >= g->N) break;
-                const __mmask8 mk = g->N - n >= 8 ? 0xff : (__mmask8)((1u << (g->N - n)) - 1u);
-                const __m256i pc = _mm512_cvtepi64_epi32(acc[r][v]);
-                __m256i a = _mm256_sub_epi32(kk, _mm256_slli_epi32(pc, 1));
-                if (corr) a = _mm256_sub_epi32(a, _mm256_maskz_loadu_epi32(mk, corr + n));
-                if (g->acc) _mm256_mask_storeu_epi32(g->acc + row + n, mk, a);
+                const __mmask16 mk = g->N - n >= 16 ? 0xffff : (__mmask16)((1u << (g->N - n)) - 1u);
+                const __m512i pc = _mm512_permutex2var_epi32(acc[r][2 * h], even, acc[r][2 * h + 1]);
+                __m512i a = _mm512_sub_epi32(kk, _mm512_slli_epi32(pc, 1));
+                if (corr) a = _mm512_sub_epi32(a, _mm512_maskz_loadu_epi32(mk, corr + n));
+                if (g->acc) _mm512_mask_storeu_epi32(g->acc + row + n, mk, a);
                 if (g->y) {
-                    const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskz_loadu_ps(mk, g->scale + n));
-                    __m256 y = _mm256_add_ps(prod, _mm256_maskz_loadu_ps(mk, g->shift + n));
-                    if (g->res) y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(mk, g->res + row + n));
+                    const __m512 prod = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_maskz_loadu_ps(mk, g->scale + n));
+                    __m512 y = _mm512_add_ps(prod, _mm512_maskz_loadu_ps(mk, g->shift + n));
+                    if (g->res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mk, g->res + row + n));
                     if (g->clamp) { /* max/min return the second operand when one is NaN */
-                        y = _mm256_max_ps(_mm256_set1_ps(g->lo), y);
-                        y = _mm256_min_ps(_mm256_set1_ps(g->hi), y);
+                        y = _mm512_max_ps(_mm512_set1_ps(g->lo), y);
+                        y = _mm512_min_ps(_mm512_set1_ps(g->hi), y);
                     }
-                    _mm256_mask_storeu_ps(g->y + row + n, mk, y);
+                    _mm512_mask_storeu_ps(g->y + row + n, mk, y);
                 }
             }
         }
@@ -497,15 +501,16 @@ void biper_gemm(const uint64_t *A, const uint64_t *Wp, int64_t M, int64_t N, int
                 const float *scale, const float *shift, const float *res, int clamp, float lo,
                 float hi, int nthreads) {
     gemm_t g = {A, A, Wp, 1, 1, KWD, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1,
-                M, N, K, P, corr, acc, y, scale, shift, res, clamp, lo, hi};
+                M, N, K, P, corr, acc, y, scale, shift, res, clamp, lo, hi, 0};
     run_gemm(&g, nthreads);
 }
 
 /* ----------------------------------------------------------------------------------------
  * A whole W1A1 convolution in one call: pack the float input (channels-first or channels-last)
  * and run the implicit-im2col GEMM with the padding correction and the per-channel affine
- * (kernels with more than TMAX taps go through an explicit im2col).  Outputs are row-major
- * (B*OH*OW, N).  Returns 0, or -1 when the workspace cannot be allocated.
+ * (kernels with more than TMAX taps go through an explicit im2col).  `corr` is the zero-padding
+ * correction: its rows for pixels whose window lies inside the input are zero and never read.
+ * Outputs are row-major (B*OH*OW, N).  Returns 0, or -1 when the workspace cannot be allocated.
  * ---------------------------------------------------------------------------------------- */
 int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_t H, int64_t W,
                  const float *thr, const uint64_t *Wp, int64_t N, int64_t KH, int64_t KW,
@@ -524,7 +529,7 @@ int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_
     else
         biper_pack(x, B, C, H * W, thr, words, nthreads);
     gemm_t g = {words, fill, Wp, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
-                B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi};
+                B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi, 1};
     if (KH * KW > TMAX) {
         cols = (uint64_t *)malloc((size_t)(B * OH * OW * KH * KW * CW) * sizeof(uint64_t) + 64);
         if (!cols) {
@@ -533,7 +538,7 @@ int biper_conv2d(const float *x, int channels_last, int64_t B, int64_t C, int64_
         }
         biper_im2col(words, B, H, W, CW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, fill, cols, nthreads);
         gemm_t e = {cols, cols, Wp, 1, 1, KH * KW * CW, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1,
-                    B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi};
+                    B * OH * OW, N, C * KH * KW, OH * OW, corr, acc, y, scale, shift, res, clamp, lo, hi, 0};
         g = e;
     }
     run_gemm(&g, nthreads);
