@@ -153,6 +153,9 @@ def test_bad_version_length_and_names_are_refused(tmp_path):
         ({"name": "__import__('os').system('touch x')"}, {}, "unknown model"),
         ({"name": "mlp"}, {"packed": [{"name": "fc1", "type": "subprocess.Popen", "config": {}}]}, "types allowed"),
         ({"name": "mlp"}, {"packed": [{"name": "nope", "type": "PackedLinear", "config": {}}]}, "does not exist"),
+        ({"name": "mlp", "binarize": {}}, {"packed": [{"name": "body.3", "type": "PackedLinear", "config": {
+            "in_features": 10 ** 12, "out_features": 10 ** 12}}]}, "in the file but"),  # no huge allocation
+        ({"name": "mlp", "binarize": {}}, {"packed": "body.3"}, "must list"),
     ]:
         _write_raw(tmp_path / "n.biper", {"format": "biper-packed", "model": model, "structure": structure,
                                           "tensors": {}})

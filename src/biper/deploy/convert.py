@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import BiperError
 from ..nn import BinaryConv2d, BinaryLinear
 from ..quantizers import Quantizer
-from .modules import PACKED_TYPES, PackedConv2d, PackedLinear
+from .modules import PACKED_TYPES, PackedConv2d, PackedLinear, conv_padding
 
 __all__ = ["PackReport", "pack_model", "find_binary_bn_pairs", "find_bn_pairs", "apply_structure", "Tracer"]
 
@@ -156,19 +156,29 @@ def structure(model: nn.Module, report: PackReport) -> dict:
     }
 
 
-def _check_same_shape(name: str, old: nn.Module, new: nn.Module) -> None:
-    """The file's layer must have the rebuilt binary layer's hyper-parameters (bounds sizes)."""
-    keys = (("in_channels", "out_channels", "kernel_size", "stride", "dilation")
-            if isinstance(old, BinaryConv2d) else ("in_features", "out_features"))
-    for key in keys:
-        a, b = getattr(old, key), getattr(new, key)
-        if (tuple(a) if isinstance(a, (tuple, list)) else a) != b:
-            raise BiperError(f"packed layer {name!r}: {key}={b} in the file but {a} in the model")
+def _check_config(name: str, old: nn.Module, cfg: dict) -> None:
+    """The file's layer must have the rebuilt binary layer's hyper-parameters; checked before
+    anything is allocated, so a crafted header cannot ask for huge buffers."""
+    if isinstance(old, BinaryConv2d):
+        expected = {"in_channels": old.in_channels, "out_channels": old.out_channels,
+                    "kernel_size": list(old.kernel_size), "stride": list(old.stride),
+                    "padding": list(conv_padding(old)), "dilation": list(old.dilation)}
+    else:
+        expected = {"in_features": old.in_features, "out_features": old.out_features}
+    for key, want in expected.items():
+        got = cfg.get(key)
+        if (list(got) if isinstance(got, (list, tuple)) else got) != want:
+            raise BiperError(f"packed layer {name!r}: {key}={got!r} in the file but {want!r} in the model")
 
 
 def apply_structure(skeleton: nn.Module, spec: dict) -> nn.Module:
     """Redo the swaps of `structure` on a freshly built (unpacked) model, in place."""
-    for entry in spec.get("packed", []):
+    packed, folded = spec.get("packed", []), spec.get("folded", [])
+    if not isinstance(packed, list) or not isinstance(folded, list) or not all(isinstance(f, str) for f in folded):
+        raise BiperError("the layer structure must list packed layers and folded BatchNorm names")
+    for entry in packed:
+        if not isinstance(entry, dict):
+            raise BiperError(f"bad packed-layer entry {entry!r}")
         name, kind, cfg = entry.get("name"), entry.get("type"), entry.get("config")
         if kind not in PACKED_TYPES or not isinstance(name, str) or not isinstance(cfg, dict):
             raise BiperError(f"bad packed-layer entry {entry!r}; types allowed: {', '.join(PACKED_TYPES)}")
@@ -179,13 +189,13 @@ def apply_structure(skeleton: nn.Module, spec: dict) -> nn.Module:
         expected = {BinaryConv2d: "PackedConv2d", BinaryLinear: "PackedLinear"}.get(type(old))
         if expected != kind:
             raise BiperError(f"packed layer {name!r} ({kind}) replaces a {type(old).__name__}")
+        _check_config(name, old, cfg)
         try:
             new = PACKED_TYPES[kind](**cfg)
         except (TypeError, ValueError) as exc:
             raise BiperError(f"bad configuration for packed layer {name!r}: {exc}") from None
-        _check_same_shape(name, old, new)
         _set_submodule(skeleton, name, new)
-    for name in spec.get("folded", []):
+    for name in folded:
         try:
             old = skeleton.get_submodule(name)
         except AttributeError:

@@ -47,7 +47,7 @@ from ..nn import BinaryConv2d, BinaryLinear
 from . import kernels
 from .bitpack import n_words, pack_bits, popcount, unpack_bits, valid_bits_mask
 
-__all__ = ["PackedConv2d", "PackedLinear", "PACKED_TYPES", "fold_affine"]
+__all__ = ["PackedConv2d", "PackedLinear", "PACKED_TYPES", "fold_affine", "conv_padding"]
 
 
 @torch.no_grad()
@@ -142,6 +142,20 @@ class _Packed(nn.Module):
         raise NotImplementedError
 
 
+def conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """The layer's padding as two ints ('valid' and odd-extent 'same' resolved)."""
+    padding = layer.padding
+    if not isinstance(padding, str):
+        return tuple(int(p) for p in padding)
+    kh, kw = layer.kernel_size
+    dh, dw = layer.dilation
+    if padding == "valid":
+        return (0, 0)
+    if (dh * (kh - 1)) % 2 or (dw * (kw - 1)) % 2:
+        raise BiperError("padding='same' with an even kernel extent pads unevenly; use ints")
+    return (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+
+
 class PackedConv2d(_Packed):
     """Bit-packed binary convolution (groups=1); see the module docstring."""
 
@@ -169,16 +183,7 @@ class PackedConv2d(_Packed):
             raise BiperError(f"packed convolutions support padding_mode='zeros', got {layer.padding_mode!r}")
         if layer.weight_quantizer is None:
             raise BiperError("a layer without a weight quantizer has real weights and cannot be packed")
-        padding = layer.padding
-        if isinstance(padding, str):
-            kh, kw = layer.kernel_size
-            dh, dw = layer.dilation
-            if padding == "valid":
-                padding = (0, 0)
-            elif (dh * (kh - 1)) % 2 or (dw * (kw - 1)) % 2:
-                raise BiperError("padding='same' with an even kernel extent pads unevenly; use ints")
-            else:
-                padding = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+        padding = conv_padding(layer)
         q = layer.input_quantizer
         thr = _input_threshold(q, layer.in_channels, conv=True) if q is not None else None
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding,
