@@ -156,6 +156,7 @@ def test_bad_version_length_and_names_are_refused(tmp_path):
         ({"name": "mlp", "binarize": {}}, {"packed": [{"name": "body.3", "type": "PackedLinear", "config": {
             "in_features": 10 ** 12, "out_features": 10 ** 12}}]}, "in the file but"),  # no huge allocation
         ({"name": "mlp", "binarize": {}}, {"packed": "body.3"}, "must list"),
+        ({"name": "resnet18_imagenet", "num_classes": 10 ** 9}, {}, "tensors do not match"),  # no 2 TB fc
     ]:
         _write_raw(tmp_path / "n.biper", {"format": "biper-packed", "model": model, "structure": structure,
                                           "tensors": {}})

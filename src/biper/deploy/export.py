@@ -179,6 +179,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **
     return export_model(model.eval(), path, model_config=spec, config=config, meta=meta, **kwargs)
 
 
+def _check_shapes(path, model_spec, structure_spec: dict, tensors: dict) -> None:
+    """Build the described model on the meta device (no memory) and compare every tensor shape
+    with the file's before building it for real: a header cannot make loading allocate more
+    than the tensors the file actually holds."""
+    with torch.device("meta"):
+        ghost = apply_structure(_build(model_spec), structure_spec)
+    expected = {k: tuple(v.shape) for k, v in ghost.state_dict().items() if isinstance(v, torch.Tensor)}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:3]
+        unexpected = sorted(set(found) - set(expected))[:3]
+        shapes = [f"{k} {found[k]} vs {expected[k]}" for k in sorted(set(expected) & set(found))
+                  if found[k] != expected[k]][:3]
+        raise BiperError(f"{path}: tensors do not match model {model_spec.get('name')!r}: missing {missing}, "
+                         f"unexpected {unexpected}, shapes (file vs model) {shapes}")
+
+
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None, *,
                 optimize: bool = True) -> nn.Module:
     """The runnable packed model stored at ``path`` (eval mode), its header as ``.packed_meta``.
@@ -192,10 +209,12 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, *,
     header, tensors = read_file(path)
     if header.get("format") != FORMAT_NAME:
         raise BiperError(f"{path}: not a biper packed model (format {header.get('format')!r})")
-    skeleton = copy.deepcopy(model) if model is not None else _build(header.get("model"))
     spec = header.get("structure")
     if not isinstance(spec, dict):
         raise BiperError(f"{path}: header has no layer structure")
+    if model is None:
+        _check_shapes(path, header.get("model"), spec, tensors)
+    skeleton = copy.deepcopy(model) if model is not None else _build(header.get("model"))
     apply_structure(skeleton, spec)
     extra = header.get("extra_state") or {}
     if not isinstance(extra, dict):
