@@ -221,7 +221,7 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, *,
         raise BiperError(f"{path}: extra_state must be a mapping")
     try:
         skeleton.load_state_dict({**tensors, **extra}, strict=True)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, AttributeError, KeyError) as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
         raise BiperError(f"{path}: tensors do not match the model: {detail or exc}") from None
     skeleton.eval()
