@@ -151,3 +151,15 @@ def test_max_steps_truncates_each_stage_and_compresses_its_schedule(tmp_path):
     # stage 1: 3 steps, warm-up round(3 * 1 / 2) = 2 steps, so the last step is the cosine's start
     assert rows[0]["lr"] == pytest.approx(0.1)
     assert rows[1]["lr"] == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
+def test_logs_get_progress_lines_and_quiet_silences_them(tmp_path, capsys, monkeypatch):
+    from biper.train import engine
+
+    monkeypatch.setattr(engine, "HEARTBEAT_SECONDS", 0.0)
+    train(load_run_config(TINY, ["stages.*.max_steps=2"]), tmp_path / "a", quiet=False)
+    out = capsys.readouterr().out
+    assert "[sine epoch 1] step 1/2, running loss" in out and out.count("[sine 1/1]") == 1
+    train(load_run_config(TINY, ["stages.*.max_steps=2"]), tmp_path / "b", quiet=True)
+    out = capsys.readouterr().out
+    assert "running loss" not in out and out.count("[sine 1/1]") == 1

@@ -68,6 +68,9 @@ from .validate import wrap_errors
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
 
 
+HEARTBEAT_SECONDS = 60.0  # progress lines in logs when stderr is not a terminal
+
+
 class TrainingStopped(Exception):
     """Training stopped before the end; ``exit_code`` is what the CLI returns."""
 
@@ -157,7 +160,7 @@ class Trainer:
         self.wall_base = 0.0
         self.last_path: Path | None = None
         self._signal: int | None = None
-        self._t0 = time.perf_counter()
+        self._t0 = self._last_beat = time.perf_counter()
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -321,6 +324,7 @@ class Trainer:
                 step += 1
                 self.global_step += 1
                 bar.update()
+                self._heartbeat(stage.name, epoch, step - epoch * spe, min(spe, total - epoch * spe), acc)
                 if step % spe == 0 or step >= total:
                     break
                 every = cfg.checkpoint_every_steps
@@ -379,6 +383,16 @@ class Trainer:
         acc["correct"] += int((logits.detach().argmax(dim=1) == y).sum())
         acc["count"] += n
         return lr
+
+    def _heartbeat(self, stage: str, epoch: int, done: int, steps: int, acc: dict) -> None:
+        """Without a terminal (logs, nohup), a progress line every `HEARTBEAT_SECONDS`."""
+        now = time.perf_counter()
+        if self.quiet or progress_enabled(False) or now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        n = max(acc["count"], 1)
+        log(f"  [{stage} epoch {epoch + 1}] step {done}/{steps}, running loss {acc['loss'] / n:.4f} "
+            f"acc {100.0 * acc['correct'] / n:.2f}% (this rank), {self._wall():.0f}s elapsed")
 
     def _row(self, index: int, epoch: int, lr: float, acc: dict, test_loss: float, test_acc: float) -> dict:
         n = max(acc["count"], 1)
