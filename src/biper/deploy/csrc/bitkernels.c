@@ -28,6 +28,11 @@
 
 #define BIPER_ABI 5
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+/* Work below which a call stays on the calling thread: a parallel region costs microseconds
+ * when the machine is idle and up to a scheduler time slice when another process holds a core,
+ * so only work worth ~100 us or more is split (floats packed / words copied / word pairs). */
+#define PAR_PACK (1 << 20)
+#define PAR_GEMM (1 << 20)
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 int biper_abi(void) { return BIPER_ABI; }
@@ -78,7 +83,7 @@ void biper_pack(const float *x, int64_t B, int64_t C, int64_t HW, const float *t
     const int64_t nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
     const int64_t ntask = B * nchunk;
     (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * C * HW > 65536)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * C * HW > PAR_PACK)
     for (int64_t task = 0; task < ntask; ++task) {
         const int64_t b = task / nchunk, p0 = (task % nchunk) * PACK_CHUNK;
         const int64_t np = MIN(PACK_CHUNK, HW - p0);
@@ -142,7 +147,7 @@ void biper_pack_rows(const float *x, int64_t R, int64_t C, const float *thr, uin
     const int isa = biper_get_isa();
     (void)nthreads;
     (void)isa;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (R * C > 65536)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (R * C > PAR_PACK)
     for (int64_t t = 0; t < nchunk; ++t) {
         const int64_t r0 = t * 64, r1 = MIN(R, r0 + 64);
 #if defined(BIPER_X86) && !defined(BIPER_NO_AVX512)
@@ -162,7 +167,7 @@ void biper_im2col(const uint64_t *x, int64_t B, int64_t H, int64_t W, int64_t CW
                   uint64_t *out, int nthreads) {
     const int64_t rowlen = KH * KW * CW, nrow = B * OH;
     (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nrow * OW * rowlen > 65536)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nrow * OW * rowlen > PAR_PACK)
     for (int64_t bo = 0; bo < nrow; ++bo) { /* one output row (b, oh) */
         const int64_t b = bo / OH, oh = bo % OH;
         uint64_t *dst = out + bo * OW * rowlen;
@@ -476,7 +481,7 @@ static void run_gemm(const gemm_t *g, int nthreads) {
     const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
     const int64_t work = g->M * g->N * g->KH * g->KW * g->CW;
     (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (work > 32768)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (work > PAR_GEMM)
     for (int64_t task = 0; task < ntask; ++task) {
         const uint64_t *tap[4 * MGROUP * TMAX];
         const int32_t *crow[4 * MGROUP];
