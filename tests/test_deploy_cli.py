@@ -139,3 +139,15 @@ def test_bench_reports_speedups(tmp_path, capsys):
     for case in report["results"]:
         packed = case["timings"]["packed W1A1"]
         assert packed["median_ms"] > 0 and packed["speedup_vs_best_float32"] > 0
+
+
+def test_verify_uses_the_deployed_signs_for_soft_weight_methods():
+    from biper.deploy.verify import compare_models
+
+    torch.manual_seed(3)
+    config = biper.BinarizeConfig(weight_quantizer="biper", weight_params={"stage": "sine"})
+    model = biper.create_model("mlp", binarize=config).eval()
+    result = compare_models(model, pack_model(model)[0], (3, 8, 8))
+    assert result["soft_weights"] and result["agree"] == 8 and result["max_abs_diff"] < 1e-4
+    hard = biper.create_model("mlp", binarize=biper.BinarizeConfig(weight_quantizer="bc")).eval()
+    assert not compare_models(hard, pack_model(hard)[0], (3, 8, 8))["soft_weights"]

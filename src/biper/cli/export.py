@@ -58,7 +58,8 @@ def run(args) -> int:
     if "verify" in result:
         v = result["verify"]
         print(f"verified on {v['samples']} random inputs: predictions agree {v['agree']}/{v['samples']}, "
-              f"max |logit difference| {v['max_abs_diff']:.2e}")
+              f"max |logit difference| {v['max_abs_diff']:.2e}"
+              + (" (against the deployed signs: this model trains with soft weights)" if v["soft_weights"] else ""))
         if v["agree"] != v["samples"]:
             return 1
     return 0
