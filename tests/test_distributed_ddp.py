@@ -3,12 +3,13 @@
 References: a one-process run with the same global batch (a model without BatchNorm, no
 augmentation: the averaged gradient of two half batches is the gradient of the whole batch),
 the single-process evaluation of the saved model, and an uninterrupted two-process run that a
-killed or signalled run must end on bit for bit. Ranks are forked from the test process (no
-second torch import), except the torchrun / ``--nproc`` test, which starts real launchers.
+killed or signalled run must end on bit for bit. Ranks are forked from a fork server that
+imported torch once, except in the torchrun / ``--nproc`` test, which starts real launchers.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch._dynamo  # noqa: F401  (the optimizers import it lazily: once here, not in every forked rank)
 import yaml
 
 from biper.cli import main
@@ -110,58 +110,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rank_main(rank: int, env: dict, log: Path, argv: list[str], out: Path, plain: bool, record: bool) -> None:
+    """One rank of a `Job` (runs in a process forked by the fork server)."""
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout, sys.stderr = os.fdopen(1, "w", buffering=1), os.fdopen(2, "w", buffering=1)
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(key, None)
+        os.environ.update(env)
+        torch.set_num_threads(1)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on a timeout
+        if plain:
+            register_plain_mlp()
+        if record:
+            record_rank_state(out, rank)
+        code = main(argv)
+    except BaseException:  # noqa: BLE001  (reported through the log)
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _context():
+    """Ranks fork from a fork server: a fresh interpreter that imported torch and biper once
+    (so a rank starts in milliseconds) but never ran an OpenMP region, unlike this process (a
+    fork taken after OpenMP ran can hang in the child's teardown)."""
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "biper.cli", "biper.train", __name__])
+    return ctx
+
+
 class Job:
-    """``biper train`` in ``world`` forked ranks joined by gloo (``world`` 1: no process group)."""
+    """``biper train`` in ``world`` ranks joined by gloo (``world`` 1: no process group)."""
 
     def __init__(self, world: int, recipe: Path, out: Path, *extra: str, plain: bool = False, record: bool = False):
-        port, self.logs, self.pids, self.codes = free_port(), [], [], {}
+        port, self.logs, self.procs = free_port(), [], []
+        argv = ["train", str(recipe), "--out", str(out), "--quiet", *extra]
         for rank in range(world):
             log = out.with_name(f"{out.name}.{time.monotonic_ns()}.rank{rank}.log")
+            env = {} if world == 1 else dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            proc = _context().Process(target=_rank_main, args=(rank, env, log, argv, out, plain, record))
+            proc.start()
             self.logs.append(log)
-            pid = os.fork()
-            if pid == 0:  # child: one rank
-                code = 1
-                try:
-                    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                    os.dup2(fd, 1)
-                    os.dup2(fd, 2)
-                    sys.stdout, sys.stderr = os.fdopen(1, "w", buffering=1), os.fdopen(2, "w", buffering=1)
-                    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-                        os.environ.pop(key, None)
-                    if world > 1:
-                        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-                    torch.set_num_threads(1)
-                    if plain:
-                        register_plain_mlp()
-                    if record:
-                        record_rank_state(out, rank)
-                    code = main(["train", str(recipe), "--out", str(out), "--quiet", *extra])
-                except BaseException:  # noqa: BLE001  (reported through the log)
-                    traceback.print_exc()
-                finally:
-                    os._exit(code)
-            self.pids.append(pid)
+            self.procs.append(proc)
+        self.pids = [p.pid for p in self.procs]
 
     def poll(self) -> bool:
-        for pid in self.pids:
-            if pid not in self.codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    self.codes[pid] = os.waitstatus_to_exitcode(status)
-        return len(self.codes) == len(self.pids)
+        return all(p.exitcode is not None for p in self.procs)
 
     def wait(self, timeout: float = 60.0) -> list[int]:
         end = time.monotonic() + timeout
         while not self.poll():
             if time.monotonic() > end:
-                for pid in self.pids:
-                    if pid not in self.codes:
-                        os.kill(pid, signal.SIGKILL)
+                for sig in (signal.SIGUSR1, signal.SIGKILL):
+                    for p in self.procs:
+                        if p.exitcode is None:
+                            os.kill(p.pid, sig)
+                    time.sleep(0.5)
                 self.wait(10.0)
                 raise TimeoutError(f"ranks did not finish:\n{self.output()}")
             time.sleep(0.005)
-        return [self.codes[pid] for pid in self.pids]
+        return [p.exitcode for p in self.procs]
 
     def output(self, rank: int | None = None) -> str:
         ranks = range(len(self.logs)) if rank is None else [rank]

@@ -44,8 +44,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import pickle
+import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -156,8 +159,30 @@ def process_group(device: str = "auto", *, sync_bn: bool = False) -> Iterator[Di
     dist.init_process_group(backend)
     try:
         yield DistInfo(rank, local_rank, world, dev, backend)
+    except BaseException as err:
+        _drop_frames(err)
+        raise
     finally:
-        dist.destroy_process_group()
+        _destroy_group()
+
+
+def _drop_frames(err: BaseException | None) -> None:
+    """Release the locals (DDP wrappers, models) of the finished frames an exception holds."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
+def _destroy_group() -> None:
+    """Leave the process group without the teardown deadlock of gloo: the group's destructor
+    joins its worker threads while holding the GIL, and a worker still releasing a finished
+    operation's Python-owned tensors waits for the GIL. So DDP wrappers (which hold the group)
+    are freed first, the GIL is released for a moment, and only then is the group destroyed."""
+    gc.collect()
+    time.sleep(0.05)
+    dist.destroy_process_group()
 
 
 def per_rank_batch(global_batch: int, world: int, name: str = "data.batch_size") -> int:
