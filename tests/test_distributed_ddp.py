@@ -143,6 +143,17 @@ def _context():
     return ctx
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_fork_server():
+    """The fork server (a whole torch import) does not outlive this module."""
+    yield
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 class Job:
     """``biper train`` in ``world`` ranks joined by gloo (``world`` 1: no process group)."""
 
