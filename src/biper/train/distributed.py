@@ -60,8 +60,9 @@ from ..errors import BiperError
 from .metrics import rank_world
 
 __all__ = ["DistInfo", "env_world", "backend_for", "rank_device", "process_group", "per_rank_batch",
-           "preflight", "wrap_model", "barrier", "broadcast_object", "run_on_main", "main_first", "all_reduce_sums",
-           "agree_signal", "sync_buffers", "cuda_rng_states", "set_cuda_rng_states", "rank_divergence", "check_in_sync", "launch"]
+           "preflight", "wrap_model", "barrier", "broadcast_object", "run_on_main", "main_first",
+           "all_reduce_sums", "agree_signal", "sync_buffers", "cuda_rng_states", "set_cuda_rng_states",
+           "rank_divergence", "check_in_sync", "launch"]
 
 T = TypeVar("T")
 
@@ -95,7 +96,8 @@ def env_world() -> tuple[int, int, int]:
     if world < 1:
         raise BiperError(f"environment variable WORLD_SIZE must be >= 1, got {world}")
     if not 0 <= rank < world:
-        raise BiperError(f"environment variable RANK must be in [0, {world - 1}] for WORLD_SIZE={world}, got {rank}")
+        raise BiperError(f"environment variable RANK must be in [0, {world - 1}] for WORLD_SIZE={world}, "
+                         f"got {rank}")
     if local_rank < 0:
         raise BiperError(f"environment variable LOCAL_RANK must be >= 0, got {local_rank}")
     if world > 1:
@@ -383,7 +385,8 @@ def launch(nproc: int, argv: Sequence[str], *, module: str = "biper") -> int:
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise BiperError(f"nproc must be a positive integer, got {nproc!r}")
     if env_world()[2] > 1 or (dist.is_available() and dist.is_initialized()):
-        raise BiperError("--nproc: this process already runs under torchrun (WORLD_SIZE is set); drop --nproc")
+        raise BiperError("--nproc: this process already runs under torchrun (WORLD_SIZE is set); "
+                         "drop --nproc")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
