@@ -31,7 +31,8 @@ from torch import nn
 
 from .errors import BiperError, did_you_mean
 from .nn import ALPHA_INITS, SCALINGS, BinaryConv2d, BinaryLinear, is_binary_layer
-from .quantizers import get_quantizer
+from .quantizers import get_quantizer, list_quantizers
+from .quantizers.base import quantizer_class
 
 __all__ = ["BinarizeConfig", "BinarizeReport", "binarize_", "LAYER_TYPES"]
 
@@ -77,14 +78,17 @@ class BinarizeConfig:
         for key in ("keep_first", "keep_last"):
             if not isinstance(getattr(self, key), bool):
                 raise BiperError(f"{key} must be true or false, got {getattr(self, key)!r}")
-        q = get_quantizer(self.weight_quantizer, **self.weight_params)  # validates name + params
-        if q.kind != "weight":
-            raise BiperError(f"weight_quantizer {self.weight_quantizer!r} is an activation quantizer")
+        if quantizer_class(self.weight_quantizer).kind != "weight":
+            raise BiperError(f"weight_quantizer {self.weight_quantizer!r} is an activation quantizer; "
+                             f"valid: {', '.join(list_quantizers('weight'))}")
+        get_quantizer(self.weight_quantizer, **self.weight_params)  # validates the parameters
         if self.input_quantizer is not None:
-            # per-layer context (rsign channels) is filled in by the layer, so validate names only
+            if quantizer_class(self.input_quantizer).kind != "activation":
+                raise BiperError(f"input_quantizer {self.input_quantizer!r} is a weight quantizer; "
+                                 f"valid: {', '.join(list_quantizers('activation'))}")
+            # per-layer context (rsign channels) is filled in by the layer
             params = {k: v for k, v in self.input_params.items() if k not in ("channels", "dim")}
-            if get_quantizer(self.input_quantizer, **params).kind != "activation":
-                raise BiperError(f"input_quantizer {self.input_quantizer!r} is a weight quantizer")
+            get_quantizer(self.input_quantizer, **params)
         elif self.input_params:
             raise BiperError("input_params given but input_quantizer is null")
         if self.scaling not in SCALINGS:
