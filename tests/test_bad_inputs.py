@@ -58,9 +58,9 @@ CASES = [
     (["train", R, "data.dataset=folder", "--data-dir", "{files}/cls", "--out", "{files}/o3"], "/cls/train/b has no images"),
     # checkpoints and packed models
     (["eval", "{files}/nope.pt"], "checkpoint {files}/nope.pt does not exist"),
-    (["eval", "{files}/corrupt.pt"], "refusing to load {files}/corrupt.pt"),
+    (["eval", "{files}/corrupt.pt"], "checkpoint {files}/corrupt.pt is corrupt"),
     (["export", "{files}/nope.pt", "-o", "{files}/x.biper"], "checkpoint {files}/nope.pt does not exist"),
-    (["export", "{files}/corrupt.pt", "-o", "{files}/x.biper"], "refusing to load {files}/corrupt.pt"),
+    (["export", "{files}/corrupt.pt", "-o", "{files}/x.biper"], "checkpoint {files}/corrupt.pt is corrupt"),
     (["infer", "{files}/nope.biper", "--input", "{files}/cls"], "cannot read packed model {files}/nope.biper"),
     (["infer", "{files}/corrupt.pt", "--input", "{files}/cls"], "not a valid biper packed model (wrong magic bytes"),
     (["analyze", "{files}/nope.pt"], "does not exist"),

@@ -170,12 +170,16 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+        garbage = "Unsupported operand" in str(err)  # not a pickle at all: bad opcode byte
+        if not garbage and ("weights only" in str(err).lower() or "weights_only" in str(err).lower()):
             detail = next((line.strip() for line in str(err).splitlines()
                            if "GLOBAL" in line or "Unsupported" in line), first)
             raise CheckpointError(f"refusing to load {path}: unpickling it would import or run code "
                                   f"that plain weights do not need ({detail}); only tensors and "
                                   f"plain values are accepted") from None
+        if garbage:
+            detail = next(line.strip() for line in str(err).splitlines() if "Unsupported operand" in line)
+            raise CheckpointError(f"checkpoint {path} is corrupt: not a torch file ({detail})") from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, UnicodeDecodeError) as err:
