@@ -392,7 +392,8 @@ class Trainer:
         self._last_beat = now
         n = max(acc["count"], 1)
         log(f"  [{stage} epoch {epoch + 1}] step {done}/{steps}, running loss {acc['loss'] / n:.4f} "
-            f"acc {100.0 * acc['correct'] / n:.2f}% (this rank), {self._wall():.0f}s elapsed")
+            f"acc {100.0 * acc['correct'] / n:.2f}%{' (rank 0)' if self.world > 1 else ''}, "
+            f"{self._wall():.0f}s elapsed")
 
     def _row(self, index: int, epoch: int, lr: float, acc: dict, test_loss: float, test_acc: float) -> dict:
         n = max(acc["count"], 1)
