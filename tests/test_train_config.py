@@ -191,6 +191,9 @@ def test_cli_bad_override_exits_2_without_traceback(capsys, tmp_path):
     assert main(["train", "cifar10-resnet20-biper", "stages.0.lr=-1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "biper train: error: stages.0.lr: must be a finite number >= 0, got -1"
+    # overrides may also come after options
+    assert main(["train", "cifar10-resnet20-biper", "--out", str(tmp_path), "--quiet", "data.batch_size=0"]) == 2
+    assert "data.batch_size: must be an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["train", "cifar10-resnet20-biper", "--max-steps", "0"])
     assert info.value.code == 2
