@@ -19,12 +19,7 @@ from biper.models.vit import Attention
 from biper.nn import BinaryConv2d, BinaryLinear, is_binary_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _binary_names(model):

@@ -16,13 +16,7 @@ from biper.analysis.measure import qe_monte_carlo, sample_weights
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small tensors: one thread avoids oversubscription on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 Z = 5.0  # tolerance in standard errors (deterministic seeds; ~1e-6 false-alarm rate per point)

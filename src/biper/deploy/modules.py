@@ -118,6 +118,14 @@ class _Packed(nn.Module):
         self._cache = {}
         return super()._load_from_state_dict(*args, **kwargs)
 
+    @torch.no_grad()
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """W1A1 integer accumulations, int32, before the per-channel affine: (B, Cout, OH, OW)
+        for convolutions, (..., Cout) for linears."""
+        if not self.binary_input:
+            raise BiperError("accumulate() is for W1A1 layers; this layer has real inputs")
+        return self._gemm(x, want_acc=True, affine=False)[0]
+
     def _panels(self) -> torch.Tensor:
         if "panels" not in self._cache:
             self._cache["panels"] = kernels.panel(self.weight_bits)
@@ -259,13 +267,6 @@ class PackedConv2d(_Packed):
         to_nchw = lambda t: t.view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # noqa: E731
         return (to_nchw(acc) if acc is not None else None), (to_nchw(y) if y is not None else None)
 
-    @torch.no_grad()
-    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """W1A1 integer accumulations (B, Cout, OH, OW) int32, before the per-channel affine."""
-        if not self.binary_input:
-            raise BiperError("accumulate() is for W1A1 layers; this layer has real inputs")
-        return self._gemm(x, want_acc=True, affine=False)[0]
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 clamp: tuple[float, float] | None = None) -> torch.Tensor:
         """(B, Cin, H, W) -> (B, Cout, OH, OW); with ``residual`` / ``clamp`` (the fused tail of
@@ -350,13 +351,6 @@ class PackedLinear(_Packed):
                                 self.out_shift if affine else None, want_acc)
         shape = (*lead, self.out_features)
         return (acc.view(shape) if acc is not None else None), (y.view(shape) if y is not None else None)
-
-    @torch.no_grad()
-    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """W1A1 integer accumulations (..., Cout) int32, before the per-channel affine."""
-        if not self.binary_input:
-            raise BiperError("accumulate() is for W1A1 layers; this layer has real inputs")
-        return self._gemm(x, want_acc=True, affine=False)[0]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 clamp: tuple[float, float] | None = None) -> torch.Tensor:

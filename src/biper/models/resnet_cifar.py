@@ -49,8 +49,8 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
     return PadShortcut(cin, cout, stride) if stride != 1 or cin != cout else nn.Identity()
 
 
-class BiRealBlock(nn.Module):
-    """Two 3x3 convs, each with its own shortcut (BiPer's ResNet-20 block)."""
+class _TwoConvBlock(nn.Module):
+    """Two 3x3 conv + BN pairs, a shortcut and two activations; subclasses wire the forward."""
 
     _conv_bn = (("conv1", "bn1"), ("conv2", "bn2"))
 
@@ -60,23 +60,18 @@ class BiRealBlock(nn.Module):
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         self.shortcut = _shortcut(cin, cout, stride)
         self.act1, self.act2 = make_act(act), make_act(act)
+
+
+class BiRealBlock(_TwoConvBlock):
+    """Two 3x3 convs, each with its own shortcut (BiPer's ResNet-20 block)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
         h = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))
         return self.act2(self.bn2(self.conv2(h)) + h)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_TwoConvBlock):
     """Classic ResNet basic block with one shortcut around both 3x3 convs (CIFAR ResNet-18)."""
-
-    _conv_bn = (("conv1", "bn1"), ("conv2", "bn2"))
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, act: str = "hardtanh"):
-        super().__init__()
-        self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
-        self.shortcut = _shortcut(cin, cout, stride)
-        self.act1, self.act2 = make_act(act), make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H/s, W/s)
         h = self.act1(self.bn1(self.conv1(x)))
