@@ -26,34 +26,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-class _OverridesAnywhere(argparse.ArgumentParser):
-    """Accept ``key=value`` overrides anywhere on the line, also after options
-    (``biper train R --out D a=1``), which plain argparse rejects once options came between."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        import sys
-
-        args = list(sys.argv[1:] if args is None else args)
-        takes_value = {s for a in self._actions for s in a.option_strings if a.nargs != 0}
-        kept, moved, expect_value, first = [], [], False, None
-        for tok in args:
-            if expect_value:
-                kept.append(tok)
-                expect_value = False
-            elif tok in takes_value:
-                kept.append(tok)
-                expect_value = True
-            elif "=" in tok and not tok.startswith("-") and first is not None:
-                moved.append(tok)
-            else:
-                if first is None and not tok.startswith("-"):
-                    first = len(kept)
-                kept.append(tok)
-        if first is not None:
-            kept[first + 1:first + 1] = moved
-        return super().parse_known_args(kept, namespace)
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a recipe (multi-stage, resumable)",
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +41,6 @@ def add_parser(sub) -> None:
                    help="data-parallel over N processes on this machine (torchrun; one per GPU, gloo on CPU)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(run=run)
-    p.__class__ = _OverridesAnywhere
 
 
 def run(args) -> int:
