@@ -46,7 +46,7 @@ from .export import export_model, load_packed
 from .modules import PackedConv2d, PackedLinear
 from .verify import deployed_copy
 
-__all__ = ["run_benchmarks", "add_arguments", "main"]
+__all__ = ["run_benchmarks", "main"]
 
 
 def cpu_name() -> str:
@@ -156,17 +156,6 @@ def resnet18_case(folder: str):
     return "ResNet-18 ImageNet W1A1 end-to-end batch 1", fns, extra
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=2, help="threads for both torch and the kernels")
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds per case")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall-clock latency, or the thread's CPU time (needs --threads 1)")
-    parser.add_argument("--only", choices=("conv", "linear", "resnet18"), action="append",
-                        help="run only these cases (repeatable)")
-    parser.add_argument("--json", help="also write the results to this file")
-
-
 def run_benchmarks(threads: int = 2, rounds: int = 30, warmup: int = 5, clock: str = "wall",
                    only=None, json_path: str | None = None, out=print) -> dict:
     """Run the cases, print the table with ``out``, return (and optionally save) the results."""
@@ -223,6 +212,8 @@ def _run(threads, rounds, warmup, clock, only, json_path, out) -> dict:
 
 
 def main(argv=None) -> int:
+    from ..cli.bench import add_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
