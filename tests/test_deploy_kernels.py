@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from biper import native as native_build
 from biper.deploy import kernels
 from biper.deploy.bitpack import n_words, pack_bits, popcount
 from biper.deploy.modules import PackedConv2d
@@ -121,7 +122,7 @@ def test_disabled_kernels_fall_back_with_one_notice(reference, caplog):
     assert kernels.backend() == "reference"
     assert kernels.info() == {"backend": "reference", "reason": "BIPER_DISABLE_KERNELS is set"}
     kernels.backend()
-    notices = [r for r in caplog.records if "pure-PyTorch reference" in r.getMessage()]
+    notices = [r for r in caplog.records if "pure-PyTorch path" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0].getMessage()
     # and the packed layer is still exact on that path
     torch.manual_seed(0)
@@ -133,7 +134,7 @@ def test_disabled_kernels_fall_back_with_one_notice(reference, caplog):
 def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("BIPER_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("BIPER_DISABLE_KERNELS", raising=False)
-    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels._LIB, "compiler", lambda: None)
     kernels.reset()
     caplog.set_level(logging.WARNING, logger="biper.deploy")
     try:
@@ -145,9 +146,9 @@ def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
 
 
 def test_build_is_cached_and_portable(native):
-    first = kernels._build()
-    assert kernels._build() == first and first.exists()
-    assert not any("march" in flag for flags in kernels._FLAG_SETS for flag in flags)
+    first = kernels._LIB.build()
+    assert kernels._LIB.build() == first and first.exists()
+    assert not any("march" in flag for flags in native_build.FLAG_SETS for flag in flags)
     info = kernels.info()
     assert info["isa"] in kernels.ISA_NAMES and info["openmp"] in (True, False)
     with pytest.raises(ValueError, match="unknown ISA"):
@@ -168,8 +169,8 @@ def test_unwritable_cache_falls_back_to_temp(native, monkeypatch, tmp_path):
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("x")
     monkeypatch.setenv("BIPER_CACHE_DIR", str(blocked / "kernels"))  # cannot be created
-    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path))
-    assert kernels._writable_cache() == tmp_path / f"biper-kernels-{os.getuid()}"
+    monkeypatch.setattr(native_build.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert native_build.writable_cache() == tmp_path / f"biper-kernels-{os.getuid()}"
 
 
 def test_inconsistent_arguments_are_refused_before_native_code():

@@ -18,8 +18,8 @@ The operations of a binary layer (see `biper.deploy.modules`):
 Technology choice (measured on this project's 2-vCPU AVX-512 machine, see docs/deploy.md): a
 single C file, ``csrc/bitkernels.c``, compiled on first use with the system C compiler
 (``cc -O3 -fopenmp -ffp-contract=off``; never ``-march=native``) into a per-user cache directory
-keyed by the hash of the source, compiler and flags, and called through ctypes on tensor data
-pointers. Per-function ``target`` attributes build AVX-512 VPOPCNTDQ, AVX2 and portable variants
+keyed by the hash of the source, compiler and flags (`biper.native`), and called through ctypes
+on tensor data pointers. Per-function ``target`` attributes build AVX-512 VPOPCNTDQ, AVX2 and portable variants
 into one binary and ``__builtin_cpu_supports`` picks one at run time. The AVX-512 GEMM runs at
 ~830-890 G binary MAC/s per core (~87 % of the xor/popcount/add port limit). Why not numba: a
 numba 0.68 port of the same loop measured 7-12x slower on the convolution GEMMs, and it adds
@@ -43,17 +43,13 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..native import NativeLibrary
 from .bitpack import WORD_BITS, n_words, pack_bits, unpack_bits
 
 __all__ = [
@@ -67,81 +63,9 @@ SOURCE = Path(__file__).with_name("csrc") / "bitkernels.c"
 ABI = 5
 PANEL = 32  # output channels per weight panel (matches csrc)
 ISA_NAMES = ("portable", "avx2", "avx512")
-_FLAG_SETS = (
-    ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fopenmp"],
-    ["-O3", "-fPIC", "-shared", "-ffp-contract=off"],  # compilers without OpenMP (Apple clang)
-    ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-DBIPER_NO_AVX512"],  # old assemblers
-)
-_state: dict = {"lib": None, "tried": False, "reason": "", "path": None, "noticed": False}
 
 
-# -- building and loading ------------------------------------------------------------------
-def cache_dir() -> Path:
-    """Per-user directory holding compiled kernels (``BIPER_CACHE_DIR`` overrides)."""
-    if os.environ.get("BIPER_CACHE_DIR"):
-        return Path(os.environ["BIPER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "biper" / "kernels"
-
-
-def _compiler() -> tuple[str, str] | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        path = shutil.which(name) if name else None
-        if path:
-            try:
-                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            return path, (out.stdout.splitlines() or [""])[0]
-    return None
-
-
-def _writable_cache() -> Path:
-    """`cache_dir`, or a per-user folder in the temporary directory when it is not writable."""
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"biper-kernels-{user}"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            continue
-    raise RuntimeError(f"no writable cache directory (tried {cache_dir()} and the temporary directory)")
-
-
-def _build() -> Path:
-    """Compile the C source into the cache (once per source/compiler/flags) and return its path."""
-    found = _compiler()
-    if found is None:
-        raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-    cc, version = found
-    source = SOURCE.read_bytes()
-    folder = _writable_cache()
-    errors = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            source + version.encode() + " ".join(flags).encode() + platform.machine().encode()
-        ).hexdigest()[:20]
-        target = folder / f"bitkernels-{key}.so"
-        if target.exists():
-            return target
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
-        cmd = [cc, *flags, str(SOURCE), "-o", tmp]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as exc:
-            res = None
-            errors.append(str(exc))
-        if res is not None and res.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
-            return target
-        os.unlink(tmp)
-        if res is not None:
-            errors.append((res.stderr.strip().splitlines() or ["failed"])[-1])
-    raise RuntimeError(f"compiling {SOURCE.name} failed: {errors[0]}")
-
-
+# -- loading (build and cache: biper.native) --------------------------------------------------
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.biper_pack.argtypes = [p, i64, i64, i64, p, p, i32]
@@ -153,42 +77,24 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.biper_conv2d.restype = ctypes.c_int
     for fn in (lib.biper_pack, lib.biper_pack_rows, lib.biper_im2col, lib.biper_gemm):
         fn.restype = None
-    for name in ("biper_abi", "biper_openmp", "biper_cpu_isa", "biper_get_isa"):
+    for name in ("biper_openmp", "biper_cpu_isa", "biper_get_isa"):
         getattr(lib, name).restype = ctypes.c_int
     lib.biper_set_isa.argtypes = [ctypes.c_int]
     lib.biper_set_isa.restype = ctypes.c_int
 
 
-def _load():
-    """The loaded library, or None (reference path) with the reason noted once."""
-    if _state["tried"]:
-        return _state["lib"]
-    _state["tried"] = True
-    if os.environ.get("BIPER_DISABLE_KERNELS", "").strip() not in ("", "0"):
-        _state["reason"] = "BIPER_DISABLE_KERNELS is set"
-    else:
-        try:
-            path = _build()
-            lib = ctypes.CDLL(str(path))
-            _declare(lib)
-            if lib.biper_abi() != ABI:
-                raise RuntimeError(f"kernel ABI {lib.biper_abi()} != expected {ABI}")
-            _state["lib"], _state["path"] = lib, path
-            cap = os.environ.get("BIPER_KERNEL_ISA")
-            if cap:
-                set_isa(cap)
-        except Exception as exc:  # any failure means: use the reference path
-            _state["reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    if _state["lib"] is None and not _state["noticed"]:
-        _state["noticed"] = True
-        log.warning("biper: fast binary kernels unavailable (%s); using the pure-PyTorch "
-                    "reference path", _state["reason"])
-    return _state["lib"]
+def _cap_isa(lib: ctypes.CDLL) -> None:
+    cap = os.environ.get("BIPER_KERNEL_ISA")
+    if cap:
+        if cap not in ISA_NAMES:
+            raise ValueError(f"unknown ISA {cap!r}; valid: {', '.join(ISA_NAMES)}")
+        lib.biper_set_isa(ISA_NAMES.index(cap))
 
 
-def reset() -> None:
-    """Forget the loaded kernel so that the next call re-reads the environment variables."""
-    _state.update(lib=None, tried=False, reason="", path=None, noticed=False)
+_LIB = NativeLibrary(SOURCE, ABI, "biper_abi", _declare, "fast binary kernels", log, on_load=_cap_isa)
+_state = _LIB.state
+_load = _LIB.load
+reset = _LIB.reset
 
 
 def backend() -> str:

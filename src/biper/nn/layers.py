@@ -13,7 +13,8 @@ latent real weights) and adds, keyword-only:
 - ``pad_value``: the value padded around the *binarized* input (0 as BiPer trains; +-1 makes
   deployment free of padding corrections).
 
-The output is ``y = op(pad(Qa(x), pad_value), Qw(w)) * scale[c] + bias[c]``.
+The output is ``y = op(pad(Qa(x), pad_value), Qw(w)) * scale[c] + bias[c]`` (in training the
+scale is folded into the weights, equal up to float rounding).
 
 Example::
 
@@ -117,10 +118,24 @@ class _BinaryMixin:
             return gamma.to(self.weight.dtype).expand(cout)
         return self.weight.new_ones(cout)
 
-    def _finish(self, y: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    def _weight_for_op(self) -> tuple[torch.Tensor, bool]:
+        """(weights for the conv/linear op, whether the scale is already folded into them).
+
+        In training the per-channel scale multiplies the small weight tensor instead of the
+        activations: one fewer pass over the output forward and two fewer backward (BiPer steps
+        ~10% faster on CPU); equal to scaling the output up to float rounding. In eval mode the
+        output is scaled, so that it is exactly (integer accumulation) * scale as deployed.
+        """
+        wq = self.quantized_weight()
+        if not self.training or self.scaling == "none":
+            return wq, False
+        shape = (-1,) + (1,) * (wq.dim() - 1)
+        return wq * self.scale().view(shape).to(wq.dtype), True
+
+    def _finish(self, y: torch.Tensor, channel_dim: int, scaled: bool = False) -> torch.Tensor:
         shape = [1] * y.dim()
         shape[channel_dim] = -1
-        if self.scaling != "none":
+        if self.scaling != "none" and not scaled:
             y = y * self.scale().view(shape).to(y.dtype)
         if self.bias is not None:
             y = y + self.bias.view(shape).to(y.dtype)
@@ -160,14 +175,14 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H', W')
         xq = self.quantized_input(x)
-        wq = self.quantized_weight()
+        wq, scaled = self._weight_for_op()
         if self.pad_value != 0 and any(self.padding):
             ph, pw = self.padding
             xq = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value)
             y = F.conv2d(xq, wq, None, self.stride, 0, self.dilation, self.groups)
         else:
             y = self._conv_forward(xq, wq, None)
-        return self._finish(y, 1)
+        return self._finish(y, 1, scaled)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **binary_kwargs) -> "BinaryConv2d":
@@ -210,8 +225,9 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
                     scaling, alpha_init, pad_value, in_features, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        y = F.linear(self.quantized_input(x), self.quantized_weight())
-        return self._finish(y, -1)
+        wq, scaled = self._weight_for_op()
+        y = F.linear(self.quantized_input(x), wq)
+        return self._finish(y, -1, scaled)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **binary_kwargs) -> "BinaryLinear":

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..functional import sign, signswish_grad
+from . import fused
 from .base import PairFunction, Quantizer, register
 from .weight import clipped_grad
 
@@ -44,24 +45,33 @@ class NormalisedSign(torch.autograd.Function):
         r = (var(x) + eps)^(-1/2)   (unbiased var)       forward:  sign(x)  (= sign(x r))
         gs = g * max(0, 2 - 2|x r|)                      backward: gs r - r^3 A (x - mean) / (n - 1)
 
-    with ``A = sum(gs * x)``, the chain rule through r(var(x)).
+    with ``A = sum(gs * x)``, the chain rule through r(var(x)). float32 CPU tensors take the
+    one-pass kernels of `biper.quantizers.fused`; the formulas below are the reference.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
         dims = tuple(range(1, x.dim()))
+        ctx.dims, ctx.n = dims, x[0].numel()
+        fast = fused.recu_forward(x, eps)
+        if fast is not None:
+            out, r, mean = fast
+            ctx.save_for_backward(x, r, mean)
+            return out
         n = x[0].numel()
         acc = torch.promote_types(x.dtype, torch.float32)
         total = torch.sum(x, dim=dims, keepdim=True, dtype=acc)                  # (B, 1, ...)
         squares = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=acc).square()
         var = (squares - total.square() / n).clamp_min(0.0) / max(n - 1, 1)
         ctx.save_for_backward(x, torch.rsqrt(var + eps), total / n)
-        ctx.dims, ctx.n = dims, n
         return sign(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, r, mean = ctx.saved_tensors                                             # r, mean: (B, 1, ...)
+        fast = fused.recu_backward(x, g, r, mean)
+        if fast is not None:
+            return fast, None
         rx = r.to(x.dtype)
         gs = approx_sign_grad(x * rx).mul_(g)                                      # dL/dx_hat
         a = torch.sum(gs * x, dim=ctx.dims, keepdim=True, dtype=r.dtype)
@@ -75,7 +85,8 @@ class _Sign(Quantizer):
     forward_formula = "sign(x)"
 
     def forward_fn(self, x):
-        return sign(x)
+        out = fused.sign(x)
+        return sign(x) if out is None else out
 
 
 @register
@@ -102,6 +113,10 @@ class ApproxSign(_Sign):
 
     def backward_fn(self, x):
         return approx_sign_grad(x)
+
+    def input_grad(self, x, grad):
+        out = fused.approx_sign_backward(x, grad)
+        return super().input_grad(x, grad) if out is None else out
 
 
 @register

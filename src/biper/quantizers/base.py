@@ -61,7 +61,7 @@ class PairFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return grad * ctx.quantizer.backward_fn(x).to(grad.dtype), None
+        return ctx.quantizer.input_grad(x, grad), None
 
 
 class Quantizer(nn.Module):
@@ -127,6 +127,10 @@ class Quantizer(nn.Module):
     def backward_fn(self, x: torch.Tensor) -> torch.Tensor:
         """B'(x): multiplies the incoming gradient in the backward pass."""
         raise NotImplementedError
+
+    def input_grad(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``grad * B'(x)``, the gradient PairFunction passes back (subclasses may fuse it)."""
+        return grad * self.backward_fn(x).to(grad.dtype)
 
     def backward_primitive(self, x: torch.Tensor) -> torch.Tensor:
         """B(x), a function whose derivative is B' (used by the PC++ criterion check)."""

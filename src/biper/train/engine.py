@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from ..data.loader import TensorLoader, derive_seed
 from ..data.progress import Progress, notice
 from ..errors import BiperError
+from ..native import tune_allocator
 from ..nn import clip_latent_weights_
 from ..quantizers import set_progress
 from . import checkpoint as ck
@@ -164,6 +165,7 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        tune_allocator()  # CPU steps otherwise fault in fresh pages for every large activation
         threads = torch.get_num_threads()
         if self.config.threads is not None:
             torch.set_num_threads(self.config.threads)
