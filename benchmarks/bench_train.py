@@ -39,7 +39,7 @@ from biper.native import tune_allocator  # noqa: E402
 from biper.nn import clip_latent_weights_  # noqa: E402
 from biper.quantizers import fused, set_progress  # noqa: E402
 from biper.train import build_model_from_config, build_optimizer, load_run_config  # noqa: E402
-from biper.train.engine import evaluate  # noqa: E402
+from biper.train.evaluate import evaluate  # noqa: E402
 from biper.train.model import autocast_context, model_spec  # noqa: E402
 from biper.train.tasks import ClassificationTask  # noqa: E402
 

@@ -101,3 +101,15 @@ def test_bad_flags_exit_2(argv, capsys):
 def test_debug_shows_the_traceback():
     with pytest.raises(ValueError, match="unknown recipe"):
         main(["--debug", "train", "cifar10-resnet20-bipr"])
+
+
+def test_unwritable_run_folder_is_one_line(files, capsys):
+    # the folder cannot be created (a file stands in its path): an I/O failure, exit 1, one line
+    blocker = files / "a_file"
+    blocker.write_text("x")
+    code = main(["train", R, "model.name=mlp", "data.dataset=synthetic", "data.options={size: 8, length: 32}",
+                 "--max-steps", "1", "--out", str(blocker / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"cannot create the run folder {blocker}/run" in lines[0], err

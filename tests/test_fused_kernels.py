@@ -46,11 +46,9 @@ def test_sign_and_approx_backward_match_formulas(channels_last):
 
 
 @needs_native
-@pytest.mark.parametrize("channels_last", LAYOUTS)
-@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (3, 16, 32, 32), (2, 5000)], ids=str)
+@pytest.mark.parametrize("shape,channels_last", [((4, 3, 5, 5), False), ((4, 3, 5, 5), True), ((3, 16, 32, 32), False),
+                                                 ((3, 16, 32, 32), True), ((2, 5000), False)], ids=str)
 def test_recu_forward_statistics(channels_last, shape):
-    if channels_last and len(shape) != 4:
-        pytest.skip("channels_last is 4-D")
     x = _x(shape, 2, channels_last, scale=3.0, shift=5.0)  # large mean: cancellation-prone
     out, r, mean = fused.recu_forward(x, 1e-5)
     x64 = x.double()

@@ -110,6 +110,39 @@ def test_gradients_reach_latent_weights_alpha_and_inputs():
         assert t.grad is not None and t.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("layer_type", ["conv", "linear"])
+def test_training_folds_scale_into_weights_like_scaling_the_output(layer_type):
+    # reference: the unfused formula op(Qa(x), Qw(w)) * alpha + bias through plain autograd
+    torch.manual_seed(4)
+    if layer_type == "conv":
+        layer = BinaryConv2d(6, 5, 3, padding=1, bias=True, input_quantizer="approx_sign")
+        x = torch.randn(3, 6, 7, 7)
+        op = lambda a, w: F.conv2d(a, w, padding=1)  # noqa: E731
+        shape = (1, -1, 1, 1)
+    else:
+        layer = BinaryLinear(6, 5, bias=True, input_quantizer="approx_sign")
+        x = torch.randn(3, 6)
+        op = F.linear
+        shape = (1, -1)
+    ref = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters()}
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn_like(layer(x))
+    layer(xa).backward(g)
+    a = torch.where(xb.abs() <= 1, 2 * xb - xb * xb.abs(), torch.sign(xb))  # ApproxSign primitive
+    s = torch.sin(20.0 * ref["weight"])
+    wq = s + (sign(s) - s).detach()  # sign(sin(w0 w)) forward, d sin(w0 w) backward
+    y = op(sign(xb) + (a - a.detach()), wq) * ref["alpha"].view(shape) + ref["bias"].view(shape)
+    y.backward(g)
+    torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(param.grad, ref[name].grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    layer.eval()  # eval scales the output: exactly integer sums x alpha + bias
+    with torch.no_grad():
+        exact = op(sign(x), sign(torch.sin(20.0 * layer.weight))) * layer.alpha.view(shape) + layer.bias.view(shape)
+        assert torch.equal(layer(x), exact)
+
+
 def test_latent_clipping_and_regulariser_hooks():
     model = nn.Sequential(BinaryLinear(4, 4, weight_quantizer="bnn"), BinaryLinear(4, 4, weight_quantizer="biper"))
     with torch.no_grad():

@@ -49,7 +49,7 @@ def run(args) -> int:
 
     from ..train import load_run_config, train
     from ..train.checkpoint import CheckpointWriteError
-    from ..train.engine import TrainingStopped
+    from ..train.stops import TrainingStopped
 
     config = load_run_config(args.recipe, args.overrides, data_dir=args.data_dir,
                              max_steps=args.max_steps, subset=args.subset)

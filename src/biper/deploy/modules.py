@@ -45,7 +45,7 @@ from torch import nn
 from ..errors import BiperError
 from ..nn import BinaryConv2d, BinaryLinear
 from . import kernels
-from .bitpack import n_words, pack_bits, popcount, unpack_bits, valid_bits_mask
+from .bitpack import n_words, popcount, unpack_bits, valid_bits_mask
 
 __all__ = ["PackedConv2d", "PackedLinear", "PACKED_TYPES", "fold_affine", "conv_padding"]
 

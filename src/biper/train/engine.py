@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data.loader import TensorLoader, derive_seed
 from ..data.progress import Progress, notice
@@ -64,33 +63,14 @@ from .model import autocast_context, build_model_from_config, load_init_state, m
 from .optim import LRSchedule, build_optimizer, set_lr
 from .run_files import check_resume_config, clean_temp_files, link_final, write_config
 from .tasks import ClassificationTask, DistillationTask
+from .evaluate import evaluate
+from .stops import NonFiniteLoss, TrainingInterrupted, TrainingStopped
 from .validate import wrap_errors
 
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
 
 
 HEARTBEAT_SECONDS = 60.0  # progress lines in logs when stderr is not a terminal
-
-
-class TrainingStopped(Exception):
-    """Training stopped before the end; ``exit_code`` is what the CLI returns."""
-
-    exit_code = 1
-
-
-class TrainingInterrupted(TrainingStopped):
-    """SIGINT / SIGTERM: a checkpoint was written; ``--resume`` continues."""
-
-    def __init__(self, signum: int, path: Path | None):
-        self.signum, self.path = signum, path
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        where = f"checkpoint saved to {path}" if path else "no checkpoint written (not the main process)"
-        super().__init__(f"interrupted by {name}; {where}; continue with --resume")
-
-
-class NonFiniteLoss(TrainingStopped):
-    """The loss became NaN or Inf; the weights were not updated with it."""
 
 
 def train(config: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False,
@@ -101,30 +81,6 @@ def train(config: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False
         raise BiperError(f"train expects a RunConfig (see load_run_config), got {type(config).__name__}")
     with ddp.process_group(config.device, sync_bn=config.sync_bn):
         return Trainer(config, out_dir, resume=resume, quiet=quiet).run()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: TensorLoader, *, device: torch.device,
-             precision: str = "fp32", desc: str = "eval", quiet: bool = True) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy in %) of ``model`` over ``loader``."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    bar = Progress(len(loader), desc, enabled=progress_enabled(quiet), unit="batch")
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast_context(precision, device):
-            logits = model(x)                                               # (B, K)
-        keep = min(y.numel(), loader.num_real - count)   # a rank's shard ends with padding duplicates
-        logits, y = logits[:keep], y[:keep]
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == y).sum())
-        count += y.numel()
-        bar.update()
-    bar.close()
-    model.train(was_training)
-    total_loss, correct, count = ddp.all_reduce_sums([total_loss, correct, count])  # over the shards
-    return total_loss / max(count, 1), 100.0 * correct / max(count, 1)
 
 
 EPOCH_SUMS = ("loss", "reg", "correct", "count")  # running sums of an epoch, added up over ranks
