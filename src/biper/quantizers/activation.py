@@ -58,7 +58,7 @@ class NormalisedSign(torch.autograd.Function):
             out, r, mean = fast
             ctx.save_for_backward(x, r, mean)
             return out
-        n = x[0].numel()
+        n = ctx.n
         acc = torch.promote_types(x.dtype, torch.float32)
         total = torch.sum(x, dim=dims, keepdim=True, dtype=acc)                  # (B, 1, ...)
         squares = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=acc).square()
@@ -73,10 +73,10 @@ class NormalisedSign(torch.autograd.Function):
         if fast is not None:
             return fast, None
         rx = r.to(x.dtype)
-        gs = approx_sign_grad(x * rx).mul_(g)                                      # dL/dx_hat
+        gs = approx_sign_grad(x * rx) * g                                          # dL/dx_hat
         a = torch.sum(gs * x, dim=ctx.dims, keepdim=True, dtype=r.dtype)
         k = r.pow(3) * a / max(ctx.n - 1, 1)                                       # (B, 1, ...)
-        grad = gs.mul_(rx).add_((k * mean).to(x.dtype))
+        grad = gs * rx + (k * mean).to(x.dtype)  # out of place: differentiable (create_graph)
         return torch.addcmul(grad, x, k.to(x.dtype), value=-1.0), None
 
 

@@ -15,8 +15,8 @@ function                   computes                                             
 =========================  ======================================================  ======
 
 Every function returns None when its kernel does not apply (not float32, not on the CPU, not a
-dense contiguous or channels-last tensor, inside ``torch.compile`` whose own fusion is used, or
-kernels unavailable: see `biper.native`); the caller then runs its PyTorch formulas, which are
+dense contiguous or channels-last tensor, inside ``torch.compile`` whose own fusion is used, an
+autograd graph needed (double backward), or kernels unavailable: see `biper.native`); the caller then runs its PyTorch formulas, which are
 the reference the tests compare against.
 
 Example::
@@ -66,11 +66,14 @@ def _dense(x: torch.Tensor) -> bool:
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def _library(x: torch.Tensor):
-    """The loaded library if ``x`` suits the kernels, else None."""
+def _library(x: torch.Tensor, g: torch.Tensor | None = None):
+    """The loaded library if ``x`` (and ``g``) suit the kernels, else None. Kernels build no
+    autograd graph, so a call that would need one (e.g. ``backward(create_graph=True)``) gets None."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0 or not _dense(x):
         return None
     if torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or (g is not None and g.requires_grad)):
         return None
     return _LIB.load()
 
@@ -97,7 +100,7 @@ def sign(x: torch.Tensor) -> torch.Tensor | None:
 
 def approx_sign_backward(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
     """``g * max(0, 2 - 2|x|)``; None if not applicable."""
-    lib = _library(x)
+    lib = _library(x, g)
     g = None if lib is None else _like(g, x)
     if g is None:
         return None
@@ -126,7 +129,7 @@ def recu_forward(x: torch.Tensor, eps: float):
 
 def recu_backward(x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, mean: torch.Tensor) -> torch.Tensor | None:
     """The input gradient of `recu_forward` given the output gradient ``g``; None if not applicable."""
-    lib = _library(x)
+    lib = _library(x, g)
     g = None if lib is None else _like(g, x)
     if g is None or r.dtype != torch.float32:
         return None

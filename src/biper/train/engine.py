@@ -58,13 +58,13 @@ from ..quantizers import set_progress
 from . import checkpoint as ck
 from . import distributed as ddp
 from .config import RunConfig
+from .evaluate import evaluate
 from .metrics import epoch_line, is_main_process, log, progress_enabled, rank_world, write_json, write_metrics
 from .model import autocast_context, build_model_from_config, load_init_state, model_spec
 from .optim import LRSchedule, build_optimizer, set_lr
 from .run_files import check_resume_config, clean_temp_files, link_final, write_config
-from .tasks import ClassificationTask, DistillationTask
-from .evaluate import evaluate
 from .stops import NonFiniteLoss, TrainingInterrupted, TrainingStopped
+from .tasks import ClassificationTask, DistillationTask
 from .validate import wrap_errors
 
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
