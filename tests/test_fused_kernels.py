@@ -38,6 +38,7 @@ def test_sign_and_approx_backward_match_formulas(channels_last):
     out = fused.sign(x)
     assert torch.equal(out, sign(x)) and out.stride() == x.stride()
     assert torch.equal(fused.sign(torch.tensor([-0.0, 0.0, -1e-38])), torch.tensor([1.0, 1.0, -1.0]))
+    torch.testing.assert_close(fused.clip_backward(x, g, 0.5), torch.where(x.abs() <= 0.5, g, 0.0), rtol=0, atol=0)
     expected = g * torch.clamp(2 - 2 * x.abs(), min=0)
     torch.testing.assert_close(fused.approx_sign_backward(x, g), expected, rtol=0, atol=0)
     # a gradient with other strides is read in the input's layout

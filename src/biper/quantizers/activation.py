@@ -102,6 +102,10 @@ class SteSign(_Sign):
     def backward_fn(self, x):
         return clipped_grad(x, self.clip)
 
+    def input_grad(self, x, grad):
+        out = fused.clip_backward(x, grad, self.clip)
+        return super().input_grad(x, grad) if out is None else out
+
 
 @register
 class ApproxSign(_Sign):

@@ -10,6 +10,7 @@ function                   computes                                             
 =========================  ======================================================  ======
 `sign`                     sign(x), +1 at 0 and -0.0                                1
 `approx_sign_backward`     g * max(0, 2 - 2|x|)                                     1
+`clip_backward`            g * 1{|x| <= clip}                                       1
 `recu_forward`             sign(x), r = (var(x) + eps)^-1/2, mean(x) per sample     1
 `recu_backward`            d/dx of sign(x r) with the ApproxSign surrogate          2
 =========================  ======================================================  ======
@@ -38,7 +39,7 @@ import torch
 
 from ..native import NativeLibrary
 
-__all__ = ["sign", "approx_sign_backward", "recu_forward", "recu_backward", "backend"]
+__all__ = ["sign", "approx_sign_backward", "clip_backward", "recu_forward", "recu_backward", "backend"]
 
 SOURCE = Path(__file__).with_name("csrc") / "fused.c"
 
@@ -47,13 +48,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.biper_sign.argtypes = [p, p, i64, i32]
     lib.biper_approx_backward.argtypes = [p, p, p, i64, i32]
+    lib.biper_clip_backward.argtypes = [p, p, p, i64, ctypes.c_float, i32]
     lib.biper_recu_forward.argtypes = [p, p, p, p, i64, i64, i32]
     lib.biper_recu_backward.argtypes = [p, p, p, p, p, i64, i64, i32]
-    for fn in (lib.biper_sign, lib.biper_approx_backward, lib.biper_recu_forward, lib.biper_recu_backward):
+    for fn in (lib.biper_sign, lib.biper_approx_backward, lib.biper_clip_backward, lib.biper_recu_forward,
+               lib.biper_recu_backward):
         fn.restype = None
 
 
-_LIB = NativeLibrary(SOURCE, 1, "biper_fused_abi", _declare, "fused training kernels",
+_LIB = NativeLibrary(SOURCE, 2, "biper_fused_abi", _declare, "fused training kernels",
                      logging.getLogger("biper.quantizers"))
 
 
@@ -106,6 +109,18 @@ def approx_sign_backward(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | Non
         return None
     out = torch.empty_like(x)
     lib.biper_approx_backward(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
+    return out
+
+
+def clip_backward(x: torch.Tensor, g: torch.Tensor, clip: float) -> torch.Tensor | None:
+    """``g * 1{|x| <= clip}``; None if not applicable."""
+    lib = _library(x, g)
+    g = None if lib is None else _like(g, x)
+    if g is None:
+        return None
+    out = torch.empty_like(x)
+    lib.biper_clip_backward(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), float(clip),
+                            torch.get_num_threads())
     return out
 
 

@@ -7,6 +7,7 @@
  *
  *   biper_sign            out = sign(x)
  *   biper_approx_backward out = g * max(0, 2 - 2|x|)                      (Bi-Real ApproxSign B')
+ *   biper_clip_backward   out = g * 1{|x| <= clip}                         (clipped STE B')
  *   biper_recu_forward    out = sign(x); sums[b] = sum x; squares[b] = sum x^2
  *   biper_recu_backward   gs = g * max(0, 2 - 2 r_b |x|);  a_b = sum gs x;  k_b = r_b^3 a_b / (n - 1)
  *                         out = gs r_b + k_b (mean_b - x)    (ReCU normalisation chained, see
@@ -15,7 +16,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define BIPER_FUSED_ABI 1
+#define BIPER_FUSED_ABI 2
 #define BLOCK 2048
 
 int biper_fused_abi(void) { return BIPER_FUSED_ABI; }
@@ -41,6 +42,15 @@ void biper_approx_backward(const float *x, const float *g, float *out, int64_t n
         int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
         #pragma omp simd
         for (int64_t i = i0; i < i1; i++) out[i] = g[i] * approx(x[i], 2.f);
+    }
+}
+
+void biper_clip_backward(const float *x, const float *g, float *out, int64_t n, float clip, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+        int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
+        #pragma omp simd
+        for (int64_t i = i0; i < i1; i++) out[i] = fabsf(x[i]) <= clip ? g[i] : 0.f;
     }
 }
 
