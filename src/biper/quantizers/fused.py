@@ -81,6 +81,13 @@ def _library(x: torch.Tensor, g: torch.Tensor | None = None):
     return _LIB.load()
 
 
+PARALLEL_MIN = 1 << 15  # elements; below this one thread is faster than waking the others
+
+
+def _threads(x: torch.Tensor) -> int:
+    return torch.get_num_threads() if x.numel() >= PARALLEL_MIN else 1
+
+
 def _like(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """``g`` laid out in memory exactly as ``x`` (a dense tensor), or None if it is not float32."""
     if g.dtype != torch.float32 or g.device != x.device or g.shape != x.shape:
@@ -97,7 +104,7 @@ def sign(x: torch.Tensor) -> torch.Tensor | None:
     if lib is None:
         return None
     out = torch.empty_like(x)
-    lib.biper_sign(x.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
+    lib.biper_sign(x.data_ptr(), out.data_ptr(), x.numel(), _threads(x))
     return out
 
 
@@ -108,7 +115,7 @@ def approx_sign_backward(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor | Non
     if g is None:
         return None
     out = torch.empty_like(x)
-    lib.biper_approx_backward(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
+    lib.biper_approx_backward(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), _threads(x))
     return out
 
 
@@ -120,7 +127,7 @@ def clip_backward(x: torch.Tensor, g: torch.Tensor, clip: float) -> torch.Tensor
         return None
     out = torch.empty_like(x)
     lib.biper_clip_backward(x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), float(clip),
-                            torch.get_num_threads())
+                            _threads(x))
     return out
 
 
@@ -135,7 +142,7 @@ def recu_forward(x: torch.Tensor, eps: float):
     sums = torch.empty(batch, dtype=torch.float64)
     squares = torch.empty(batch, dtype=torch.float64)
     lib.biper_recu_forward(x.data_ptr(), out.data_ptr(), sums.data_ptr(), squares.data_ptr(), batch, n,
-                           torch.get_num_threads())
+                           _threads(x))
     var = (squares - sums.square() / n).clamp_min(0.0) / max(n - 1, 1)
     shape = (batch,) + (1,) * (x.dim() - 1)
     r = torch.rsqrt(var.float() + eps).view(shape)
@@ -151,5 +158,5 @@ def recu_backward(x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, mean: torch
     out = torch.empty_like(x)
     r, mean = r.contiguous(), mean.float().contiguous()
     lib.biper_recu_backward(x.data_ptr(), g.data_ptr(), r.data_ptr(), mean.data_ptr(), out.data_ptr(),
-                            x.shape[0], x[0].numel(), torch.get_num_threads())
+                            x.shape[0], x[0].numel(), _threads(x))
     return out
