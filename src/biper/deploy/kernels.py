@@ -19,8 +19,8 @@ Technology choice (measured on this project's 2-vCPU AVX-512 machine, see docs/d
 single C file, ``csrc/bitkernels.c``, compiled on first use with the system C compiler
 (``cc -O3 -fopenmp -ffp-contract=off``; never ``-march=native``) into a per-user cache directory
 keyed by the hash of the source, compiler and flags (`biper.native`), and called through ctypes
-on tensor data pointers. Per-function ``target`` attributes build AVX-512 VPOPCNTDQ, AVX2 and portable variants
-into one binary and ``__builtin_cpu_supports`` picks one at run time. The AVX-512 GEMM runs at
+on tensor data pointers. Per-function ``target`` attributes build AVX-512 VPOPCNTDQ, AVX2 and
+portable variants into one binary and ``__builtin_cpu_supports`` picks one at run time. The AVX-512 GEMM runs at
 ~830-890 G binary MAC/s per core (~87 % of the xor/popcount/add port limit). Why not numba: a
 numba 0.68 port of the same loop measured 7-12x slower on the convolution GEMMs, and it adds
 llvmlite (~60 MB), a JIT compile in every process and a NumPy pin; why not a torch C++
