@@ -17,8 +17,8 @@ function                   computes                                             
 
 Every function returns None when its kernel does not apply (not float32, not on the CPU, not a
 dense contiguous or channels-last tensor, inside ``torch.compile`` whose own fusion is used, an
-autograd graph needed (double backward), or kernels unavailable: see `biper.native`); the caller then runs its PyTorch formulas, which are
-the reference the tests compare against.
+autograd graph needed (double backward), or kernels unavailable: see `biper.native`); the caller
+then runs its PyTorch formulas, which are the reference the tests compare against.
 
 Example::
 
