@@ -54,7 +54,7 @@ from ..data.progress import Progress, notice
 from ..errors import BiperError
 from ..native import tune_allocator
 from ..nn import clip_latent_weights_
-from ..quantizers import set_progress
+from ..quantizers import fused, set_progress
 from . import checkpoint as ck
 from . import distributed as ddp
 from .config import RunConfig
@@ -265,7 +265,8 @@ class Trainer:
                 f"{total} steps of batch {cfg.data.batch_size}"
                 f"{f' ({self.world} processes x {batch})' if self.world > 1 else ''}, {stage.optimizer} lr {stage.lr:g}, "
                 f"{'binary' if spec['binarize'] else 'full precision'} model, {cfg.precision}"
-                f"{', channels_last' if cfg.channels_last else ''}, {torch.get_num_threads()} thread(s)")
+                f"{', channels_last' if cfg.channels_last else ''}, {torch.get_num_threads()} thread(s)"
+                f"{f', quantizer kernels {fused.backend()}' if spec['binarize'] and self.device.type == 'cpu' else ''}")
         state = dict(index=index, model=model, net=net, optimizer=optimizer, scaler=scaler, task=task,
                      schedule=schedule, spec=spec, total=total, spe=spe)
         self._maybe_stop(state, step, acc)
