@@ -377,22 +377,17 @@ body512(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, 
     }
 }
 
-static T512 void rows512_4(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
-    if (g->CW == 1) body512(g, m, t, c, nb, 4, 1); /* one word per tap (C <= 64): no inner loop */
-    else body512(g, m, t, c, nb, 4, 0);
-}
-static T512 void rows512_3(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
-    if (g->CW == 1) body512(g, m, t, c, nb, 3, 1); /* one word per tap (C <= 64): no inner loop */
-    else body512(g, m, t, c, nb, 3, 0);
-}
-static T512 void rows512_2(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
-    if (g->CW == 1) body512(g, m, t, c, nb, 2, 1); /* one word per tap (C <= 64): no inner loop */
-    else body512(g, m, t, c, nb, 2, 0);
-}
-static T512 void rows512_1(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) {
-    if (g->CW == 1) body512(g, m, t, c, nb, 1, 1); /* one word per tap (C <= 64): no inner loop */
-    else body512(g, m, t, c, nb, 1, 0);
-}
+/* One entry per row count R, so that body512 is inlined with R and the one-word case constant. */
+#define BIPER_ROWS512(R)                                                                          \
+    static T512 void rows512_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
+                                 int64_t nb) {                                                    \
+        if (g->CW == 1) body512(g, m, t, c, nb, R, 1); /* one word per tap (C <= 64) */           \
+        else body512(g, m, t, c, nb, R, 0);                                                       \
+    }
+BIPER_ROWS512(4)
+BIPER_ROWS512(3)
+BIPER_ROWS512(2)
+BIPER_ROWS512(1)
 #endif /* BIPER_NO_AVX512 */
 
 /* -- AVX2: popcount of each 64-bit lane by nibble lookup (Mula's method) ---------------- */
@@ -443,10 +438,13 @@ body256(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, 
     }
 }
 
-static T256 void rows256_4(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 4); }
-static T256 void rows256_3(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 3); }
-static T256 void rows256_2(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 2); }
-static T256 void rows256_1(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, int64_t nb) { body256(g, m, t, c, nb, 1); }
+#define BIPER_ROWS256(R)                                                                          \
+    static T256 void rows256_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
+                                 int64_t nb) { body256(g, m, t, c, nb, R); }
+BIPER_ROWS256(4)
+BIPER_ROWS256(3)
+BIPER_ROWS256(2)
+BIPER_ROWS256(1)
 #endif /* BIPER_X86 */
 
 typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_t **, int64_t);
