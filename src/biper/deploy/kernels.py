@@ -83,12 +83,17 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.biper_set_isa.restype = ctypes.c_int
 
 
+def _isa_index(name: str) -> int:
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown ISA {name!r}; valid: {', '.join(ISA_NAMES)}")
+    return ISA_NAMES.index(name)
+
+
 def _cap_isa(lib: ctypes.CDLL) -> None:
+    """On load: apply ``BIPER_KERNEL_ISA`` (an unknown name fails the load, hence the fallback)."""
     cap = os.environ.get("BIPER_KERNEL_ISA")
     if cap:
-        if cap not in ISA_NAMES:
-            raise ValueError(f"unknown ISA {cap!r}; valid: {', '.join(ISA_NAMES)}")
-        lib.biper_set_isa(ISA_NAMES.index(cap))
+        lib.biper_set_isa(_isa_index(cap))
 
 
 _LIB = NativeLibrary(SOURCE, ABI, "biper_abi", _declare, "fast binary kernels", log, on_load=_cap_isa)
@@ -105,12 +110,11 @@ def backend() -> str:
 def set_isa(name: str) -> str:
     """Cap the native dispatch at ``name`` in ISA_NAMES (the CPU may support less); returns
     the ISA now in use."""
-    if name not in ISA_NAMES:
-        raise ValueError(f"unknown ISA {name!r}; valid: {', '.join(ISA_NAMES)}")
+    index = _isa_index(name)
     lib = _load()
     if lib is None:
         return "reference"
-    return ISA_NAMES[lib.biper_set_isa(ISA_NAMES.index(name))]
+    return ISA_NAMES[lib.biper_set_isa(index)]
 
 
 def info() -> dict:

@@ -103,6 +103,16 @@ class _Config:
     def _set(self, key: str, value: Any) -> None:
         object.__setattr__(self, key, value)
 
+    def _set_nested(self, key: str, cls: type["_Config"], expected: str) -> None:
+        """Field ``key`` as a ``cls``: a mapping is converted (errors prefixed with ``key``), an
+        instance kept, anything else refused with "must be {expected}"."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            value = cls.from_dict(value, key)
+        elif not isinstance(value, cls):
+            raise ConfigError(key, f"must be {expected}, got {value!r}")
+        self._set(key, value)
+
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
@@ -229,12 +239,7 @@ class StageConfig(_Config):
         check_str("init_from", self.init_from, none=True)
         if self.init_from in ("none", "null", ""):
             self._set("init_from", None)
-        task = self.task
-        if isinstance(task, dict):
-            task = TaskConfig.from_dict(task, "task")
-        elif not isinstance(task, TaskConfig):
-            raise ConfigError("task", f"must be a mapping with keys name, teacher, alpha, temperature, got {task!r}")
-        self._set("task", task)
+        self._set_nested("task", TaskConfig, "a mapping with keys name, teacher, alpha, temperature")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -265,26 +270,16 @@ class RunConfig(_Config):
         check_str("name", self.name)
         if not isinstance(self.description, str):
             raise ConfigError("description", f"must be a string, got {self.description!r}")
-        model = self.model
-        if isinstance(model, str):
-            model = {"name": model}
-        if isinstance(model, dict):
-            model = ModelConfig.from_dict(model, "model")
-        elif not isinstance(model, ModelConfig):
-            raise ConfigError("model", f"must be a mapping with keys name, num_classes, kwargs, got {model!r}")
-        self._set("model", model)
+        if isinstance(self.model, str):
+            self._set("model", {"name": self.model})
+        self._set_nested("model", ModelConfig, "a mapping with keys name, num_classes, kwargs")
         if isinstance(self.binarize, dict):
             with wrap_errors("binarize"):
                 self._set("binarize", BinarizeConfig.from_dict(self.binarize))
         elif self.binarize is not None and not isinstance(self.binarize, BinarizeConfig):
             raise ConfigError("binarize", f"must be a mapping (a BinarizeConfig) or null for a full-precision "
                                           f"model, got {self.binarize!r}")
-        data = self.data
-        if isinstance(data, dict):
-            data = DataConfig.from_dict(data, "data")
-        elif not isinstance(data, DataConfig):
-            raise ConfigError("data", f"must be a mapping, got {data!r}")
-        self._set("data", data)
+        self._set_nested("data", DataConfig, "a mapping")
         self._set("stages", self._check_stages(self.stages))
         check_choice("precision", self.precision, PRECISIONS)
         check_bool("channels_last", self.channels_last)
