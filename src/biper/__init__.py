@@ -17,8 +17,7 @@ from __future__ import annotations
 from .errors import BiperError
 from .quantizers import get_quantizer, list_quantizers
 from .transform import BinarizeConfig, BinarizeReport, binarize_
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BiperError",

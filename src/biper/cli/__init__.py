@@ -21,7 +21,7 @@ COMMANDS = ("quantizers", "recipes", "train", "eval", "qe", "analyze", "export",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
 
     parser = argparse.ArgumentParser(prog="biper", description="Binary neural networks: train, analyse, deploy.")
     parser.add_argument("--version", action="version", version=f"biper {__version__}")

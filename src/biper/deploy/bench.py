@@ -27,7 +27,6 @@ by other processes on a shared machine than wall-clock latency.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -38,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from ..version import __version__
 from ..errors import BiperError
 from ..nn import BinaryConv2d, BinaryLinear
 from . import kernels
@@ -46,7 +45,7 @@ from .export import export_model, load_packed
 from .modules import PackedConv2d, PackedLinear
 from .verify import deployed_copy
 
-__all__ = ["run_benchmarks", "main"]
+__all__ = ["run_benchmarks"]
 
 
 def cpu_name() -> str:
@@ -210,12 +209,3 @@ def _run(threads, rounds, warmup, clock, only, json_path, out) -> dict:
             json.dump(report, f, indent=2)
     return report
 
-
-def main(argv=None) -> int:
-    from ..cli.bench import add_arguments
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run_benchmarks(args.threads, args.rounds, args.warmup, args.clock, args.only, args.json)
-    return 0

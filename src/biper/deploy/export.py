@@ -78,7 +78,7 @@ def _count(model: nn.Module) -> tuple[int, int]:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.theory import gamma_opt
+from ..theory import gamma_opt
 from ..functional import sign, signswish, signswish_grad
 from .base import Quantizer, register
 

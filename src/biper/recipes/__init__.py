@@ -18,15 +18,90 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import BiperError, did_you_mean
+from ..validate import ConfigError, wrap_errors
 
-__all__ = ["RECIPE_DIR", "list_recipes", "recipe_path", "load_recipe", "read_yaml", "describe_recipes"]
+__all__ = ["RECIPE_DIR", "list_recipes", "recipe_path", "load_recipe", "read_yaml", "describe_recipes",
+           "yaml_load", "set_path", "deep_merge"]
 
 RECIPE_DIR = Path(__file__).resolve().parent
+
+_LOADER = None
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-4`` as a float (YAML 1.2; PyYAML needs ``1.0e-4``)."""
+    global _LOADER
+    import re
+
+    import yaml
+
+    if _LOADER is None:
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.add_implicit_resolver(
+            "tag:yaml.org,2002:float",
+            re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+            list("-+0123456789"))
+        _LOADER = Loader
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a SafeLoader subclass)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(node: Any, parts: list[str], value: Any, done: list[str]) -> None:
+    here = ".".join(done) or "config"
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if head == "*":
+            targets = range(len(node))
+        else:
+            try:
+                index = int(head)
+            except ValueError:
+                raise ConfigError(".".join(done + [head]), f"{here} is a list; address its entries by "
+                                                           f"index 0..{len(node) - 1} or *") from None
+            if not -len(node) <= index < len(node):
+                raise ConfigError(".".join(done + [head]), f"index out of range: {here} has {len(node)} "
+                                                           f"entries (0..{len(node) - 1})")
+            targets = [index]
+        for i in targets:
+            if rest:
+                _set_path(node[i], rest, copy.deepcopy(value), done + [str(i)])
+            else:
+                node[i] = copy.deepcopy(value)
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(here, f"is a value ({node!r}), not a mapping or list; cannot set "
+                                f"{'.'.join(parts)!r} inside it")
+    if head == "*":
+        raise ConfigError(".".join(done + ["*"]), f"* addresses list entries, but {here} is a mapping")
+    if not rest:
+        node[head] = value
+        return
+    if node.get(head) is None:
+        node[head] = {}  # e.g. binarize.weight_params.omega0 when weight_params is absent
+    _set_path(node[head], rest, value, done + [head])
+
+
+def set_path(data: dict, key: str, value: Any) -> None:
+    """Set dotted ``key`` (list indexes and ``*`` allowed) in ``data`` to ``value``, in place."""
+    _set_path(data, key.split("."), value, [])
 
 
 def list_recipes() -> list[str]:
@@ -53,8 +128,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """One YAML file as a mapping, with a one-line error for unreadable or invalid files."""
     import yaml
 
-    from ..train.overrides import yaml_load
-
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
@@ -75,10 +148,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_recipe(name: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The recipe's mapping with its ``base:`` chain merged in (not yet validated)."""
-    from ..train.config import deep_merge
-    from ..train.overrides import set_path
-    from ..train.validate import wrap_errors
-
     path = recipe_path(name).resolve()
     if path in _seen:
         chain = " -> ".join(p.stem for p in _seen + (path,))

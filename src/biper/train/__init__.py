@@ -26,7 +26,7 @@ from .model import build_model_from_config, model_spec
 from .optim import LRSchedule, build_optimizer, param_groups
 from .overrides import apply_overrides, load_run_config, parse_override
 from .tasks import ClassificationTask, DistillationTask
-from .validate import ConfigError
+from ..validate import ConfigError
 
 __all__ = [
     "RunConfig",

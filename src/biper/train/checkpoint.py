@@ -153,7 +153,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | None = None, *, wr
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Add ``format``, ``version`` and ``checksum`` to ``payload`` and write it atomically."""
-    from .. import __version__
+    from ..version import __version__
 
     body = {k: v for k, v in payload.items() if k != "checksum"}
     body.update(format=FORMAT, format_version=FORMAT_VERSION, version=__version__,

@@ -48,8 +48,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..recipes import deep_merge
 from ..transform import BinarizeConfig
-from .validate import (ConfigError, check_bool, check_choice, check_int, check_keys, check_mapping,
+from ..validate import (ConfigError, check_bool, check_choice, check_int, check_keys, check_mapping,
                        check_number, check_str, wrap_errors)
 
 __all__ = ["ModelConfig", "DataConfig", "TaskConfig", "StageConfig", "RunConfig", "deep_merge",
@@ -61,17 +62,6 @@ WEIGHT_DECAY_ON = ("all", "conv_linear", "no_bias_norm")
 PRECISIONS = ("fp32", "bf16", "amp")
 TASKS = ("classification", "distillation")
 DATASETS = ("cifar10", "folder", "imagenet", "synthetic")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` merged in: mappings merge key by key, anything else replaces."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 class _Config:

@@ -65,7 +65,7 @@ from .optim import LRSchedule, build_optimizer, set_lr
 from .run_files import check_resume_config, clean_temp_files, link_final, write_config
 from .stops import NonFiniteLoss, TrainingInterrupted, TrainingStopped
 from .tasks import ClassificationTask, DistillationTask
-from .validate import wrap_errors
+from ..validate import wrap_errors
 
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
 
@@ -481,7 +481,7 @@ class Trainer:
         per_stage: dict[str, int] = {}
         for row in self.history:
             per_stage[row["stage"]] = per_stage.get(row["stage"], 0) + 1
-        from .. import __version__
+        from ..version import __version__
 
         summary = {
             "name": self.config.name, "version": __version__, "torch_version": str(torch.__version__),

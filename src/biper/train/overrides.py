@@ -24,31 +24,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import BiperError
+from ..recipes import load_recipe, set_path, yaml_load
+from ..validate import ConfigError
 from .config import RunConfig
-from .validate import ConfigError
 
 __all__ = ["yaml_load", "parse_override", "apply_overrides", "set_path", "load_run_config"]
-
-_LOADER = None
-
-
-def yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` that also reads ``1e-4`` as a float (YAML 1.2; PyYAML needs ``1.0e-4``)."""
-    global _LOADER
-    import re
-
-    import yaml
-
-    if _LOADER is None:
-        class Loader(yaml.SafeLoader):
-            pass
-
-        Loader.add_implicit_resolver(
-            "tag:yaml.org,2002:float",
-            re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-            list("-+0123456789"))
-        _LOADER = Loader
-    return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a SafeLoader subclass)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -72,52 +52,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _set_path(node: Any, parts: list[str], value: Any, done: list[str]) -> None:
-    here = ".".join(done) or "config"
-    head, rest = parts[0], parts[1:]
-    if isinstance(node, list):
-        if head == "*":
-            targets = range(len(node))
-        else:
-            try:
-                index = int(head)
-            except ValueError:
-                raise ConfigError(".".join(done + [head]), f"{here} is a list; address its entries by "
-                                                           f"index 0..{len(node) - 1} or *") from None
-            if not -len(node) <= index < len(node):
-                raise ConfigError(".".join(done + [head]), f"index out of range: {here} has {len(node)} "
-                                                           f"entries (0..{len(node) - 1})")
-            targets = [index]
-        for i in targets:
-            if rest:
-                _set_path(node[i], rest, copy.deepcopy(value), done + [str(i)])
-            else:
-                node[i] = copy.deepcopy(value)
-        return
-    if not isinstance(node, dict):
-        raise ConfigError(here, f"is a value ({node!r}), not a mapping or list; cannot set "
-                                f"{'.'.join(parts)!r} inside it")
-    if head == "*":
-        raise ConfigError(".".join(done + ["*"]), f"* addresses list entries, but {here} is a mapping")
-    if not rest:
-        node[head] = value
-        return
-    if node.get(head) is None:
-        node[head] = {}  # e.g. binarize.weight_params.omega0 when weight_params is absent
-    _set_path(node[head], rest, value, done + [head])
-
-
-def set_path(data: dict, key: str, value: Any) -> None:
-    """Set dotted ``key`` (list indexes and ``*`` allowed) in ``data`` to ``value``, in place."""
-    _set_path(data, key.split("."), value, [])
-
-
 def apply_overrides(data: Mapping, overrides: Iterable[str]) -> dict:
     """A copy of ``data`` with every ``key=value`` override applied in order."""
     out = copy.deepcopy(dict(data))
     for text in overrides:
         parts, value = parse_override(text)
-        _set_path(out, parts, value, [])
+        set_path(out, ".".join(parts), value)
     return out
 
 
@@ -130,8 +70,6 @@ def load_run_config(source: str | os.PathLike | Mapping | RunConfig, overrides: 
     ``data.data_dir=...``, ``stages.*.max_steps=...`` and ``data.subset=...``; they are applied
     after ``overrides``.
     """
-    from ..recipes import load_recipe
-
     if isinstance(source, RunConfig):
         data = source.to_dict()
     elif isinstance(source, Mapping):
@@ -151,5 +89,5 @@ def load_run_config(source: str | os.PathLike | Mapping | RunConfig, overrides: 
             raise ConfigError("--subset", f"must be a positive integer, got {subset!r}")
         shortcuts.append(("data.subset", subset))
     for key, value in shortcuts:
-        _set_path(data, key.split("."), value, [])
+        set_path(data, key, value)
     return RunConfig.from_dict(data)
