@@ -40,6 +40,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .files import FileWriteError, atomic_path
+
 __all__ = ["NativeLibrary", "cache_dir", "compiler", "writable_cache", "tune_allocator", "FLAG_SETS"]
 
 log = logging.getLogger("biper")
@@ -84,6 +86,10 @@ def writable_cache() -> Path:
     raise RuntimeError(f"no writable cache directory (tried {cache_dir()} and the temporary directory)")
 
 
+
+class _BuildFailed(Exception):
+    """The compiler ran and reported an error (its stderr is kept by the caller)."""
+
 class NativeLibrary:
     """One C source built on first use; ``load()`` gives the ctypes library or None (fallback).
 
@@ -121,20 +127,18 @@ class NativeLibrary:
             target = folder / f"{self.source.stem}-{key}.so"
             if target.exists():
                 return target
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-            os.close(fd)
             try:
-                res = subprocess.run([cc, *flags, str(self.source), "-o", tmp],
-                                     capture_output=True, text=True, timeout=300)
-            except (OSError, subprocess.SubprocessError) as exc:
-                res = None
-                errors.append(str(exc))
-            if res is not None and res.returncode == 0:
-                os.replace(tmp, target)  # atomic: concurrent builders race harmlessly
+                with atomic_path(target) as tmp:  # concurrent builders race harmlessly
+                    try:
+                        res = subprocess.run([cc, *flags, str(self.source), "-o", str(tmp)],
+                                             capture_output=True, text=True, timeout=300)
+                    except (OSError, subprocess.SubprocessError) as exc:
+                        raise _BuildFailed(str(exc)) from None
+                    if res.returncode != 0:
+                        raise _BuildFailed((res.stderr.strip().splitlines() or ["failed"])[-1])
                 return target
-            os.unlink(tmp)
-            if res is not None:
-                errors.append((res.stderr.strip().splitlines() or ["failed"])[-1])
+            except (_BuildFailed, FileWriteError) as exc:
+                errors.append(str(exc))
         raise RuntimeError(f"compiling {self.source.name} failed: {errors[0]}")
 
     def load(self) -> ctypes.CDLL | None:

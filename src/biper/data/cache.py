@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biper.data.progress import notice
+from ..files import FileWriteError, atomic_write
+from .progress import notice
 
 __all__ = ["CACHE_FORMAT", "default_cache_dir", "fingerprint", "load_entry", "save_entry",
            "entry_key"]
@@ -98,16 +99,6 @@ def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_entry(cache_dir: str | os.PathLike, key: str, source_fp: dict,
                arrays: dict[str, np.ndarray], meta: dict) -> bool:
     """Write an entry; returns False (after a notice) when the folder is not writable."""
@@ -117,14 +108,14 @@ def save_entry(cache_dir: str | os.PathLike, key: str, source_fp: dict,
         described = {}
         for name, arr in arrays.items():
             arr = np.ascontiguousarray(arr)
-            _atomic_write(cache_dir / f"{key}.{name}.npy",
-                          lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            atomic_write(cache_dir / f"{key}.{name}.npy",
+                         writer=lambda f, a=arr: np.save(f, a, allow_pickle=False))
             described[name] = {"shape": list(arr.shape), "dtype": arr.dtype.str,
                                "sha256": _sha256(arr)}
         sidecar = {"format": CACHE_FORMAT, "source": source_fp, "arrays": described, "meta": meta}
         text = json.dumps(sidecar, indent=1).encode()
-        _atomic_write(cache_dir / f"{key}.json", lambda f: f.write(text))
-    except OSError as err:
+        atomic_write(cache_dir / f"{key}.json", text)
+    except (OSError, FileWriteError) as err:
         notice(f"cannot write cache in {cache_dir} ({err}); continuing without a cache")
         return False
     return True

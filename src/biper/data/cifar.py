@@ -34,6 +34,7 @@ from biper.data.dataset import CIFAR10_CLASSES
 from biper.data.progress import Progress
 from biper.data.safe_pickle import safe_load
 from biper.errors import BiperError
+from biper.files import atomic_path
 
 __all__ = ["CIFAR10_URL", "CIFAR10_MD5", "ARCHIVE_NAME", "FOLDER_NAME",
            "download_cifar10", "md5_file", "read_cifar10"]
@@ -74,26 +75,23 @@ def download_cifar10(root: str | os.PathLike, *, url: str | None = None, md5: st
     target = root / ARCHIVE_NAME
     if target.is_file() and md5_file(target) == md5:
         return target
-    part = target.with_name(target.name + f".part{os.getpid()}")
-    h = hashlib.md5()
-    try:
-        with opener(url, timeout=timeout) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-            bar = Progress(total, f"download {url}", enabled=progress, unit="MB", scale=1 / 2**20)
-            while block := resp.read(1 << 20):
-                out.write(block)
-                h.update(block)
-                bar.update(len(block))
-            bar.close()
-    except OSError as err:
-        part.unlink(missing_ok=True)
-        raise BiperError(f"cannot download {url} to {root}: {err}; place {ARCHIVE_NAME} in "
-                         f"{root} by hand (md5 {md5})") from None
-    if h.hexdigest() != md5:
-        part.unlink(missing_ok=True)
-        raise BiperError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}; "
-                         f"the download was deleted")
-    os.replace(part, target)
+    with atomic_path(target) as part:  # renamed onto target only once the md5 matches
+        h = hashlib.md5()
+        try:
+            with opener(url, timeout=timeout) as resp, open(part, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+                bar = Progress(total, f"download {url}", enabled=progress, unit="MB", scale=1 / 2**20)
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    h.update(block)
+                    bar.update(len(block))
+                bar.close()
+        except OSError as err:
+            raise BiperError(f"cannot download {url} to {root}: {err}; place {ARCHIVE_NAME} in "
+                             f"{root} by hand (md5 {md5})") from None
+        if h.hexdigest() != md5:
+            raise BiperError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}; "
+                             f"the download was deleted")
     return target
 
 

@@ -34,13 +34,13 @@ import math
 import os
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import BiperError
+from ..files import atomic_write
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "DTYPES", "write_file", "read_file", "is_packed_file"]
 
@@ -87,20 +87,16 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
         raise BiperError(f"model metadata is not JSON-serialisable: {exc}") from None
     start = _align(_PREFIX.size + len(header))
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header)))
-            f.write(header)
-            f.write(b"\0" * (start - _PREFIX.size - len(header)))
-            for off, data in blobs:
-                f.write(b"\0" * (start + off - f.tell()))
-                f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f) -> None:
+        f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header)))
+        f.write(header)
+        f.write(b"\0" * (start - _PREFIX.size - len(header)))
+        for off, data in blobs:
+            f.write(b"\0" * (start + off - f.tell()))
+            f.write(data)
+
+    atomic_write(path, writer=write)
     return path.stat().st_size
 
 

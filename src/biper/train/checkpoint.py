@@ -22,10 +22,9 @@ run code is refused. Keys:
 ``checksum``        SHA-256 over every other key (`state_digest`), verified on load
 ==================  ===========================================================================
 
-Writes go to a temporary file in the same folder, are flushed and fsync'ed, then renamed over
-the target (``os.replace``) and the folder is fsync'ed: a reader sees the old file or the new
-one, never half of one. A failed write (disk full, read-only folder) removes the temporary file
-and raises `CheckpointWriteError`; existing checkpoints are untouched.
+Writes go through `biper.files.atomic_write`: a reader sees the old file or the new one, never
+half of one; a failed write raises `CheckpointWriteError` and leaves existing checkpoints as
+they were.
 
 Example::
 
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 
 from ..errors import BiperError
+from ..files import FileWriteError, atomic_write
 
 __all__ = [
     "FORMAT",
@@ -54,7 +54,6 @@ __all__ = [
     "CheckpointWriteError",
     "state_digest",
     "weights_digest",
-    "atomic_write_bytes",
     "save_checkpoint",
     "load_checkpoint",
     "load_state_file",
@@ -71,7 +70,7 @@ class CheckpointError(BiperError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, refused or foreign."""
 
 
-class CheckpointWriteError(BiperError):
+class CheckpointWriteError(FileWriteError):
     """A checkpoint (or run file) could not be written; existing files were left untouched."""
 
 
@@ -119,38 +118,6 @@ def weights_digest(state_dict: dict[str, Any]) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | None = None, *, writer=None) -> Path:
-    """Write ``data`` (or call ``writer(file)``) to a temporary file, fsync, rename to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            if writer is not None:
-                writer(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        reason = err.strerror or str(err)
-        raise CheckpointWriteError(f"could not write {path}: {reason}; existing files were left "
-                                   f"untouched") from None
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Add ``format``, ``version`` and ``checksum`` to ``payload`` and write it atomically."""
     from ..version import __version__
@@ -159,7 +126,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     body.update(format=FORMAT, format_version=FORMAT_VERSION, version=__version__,
                 torch_version=str(torch.__version__))
     body["checksum"] = state_digest(body)
-    return atomic_write_bytes(path, writer=lambda f: torch.save(body, f))
+    return atomic_write(path, writer=lambda f: torch.save(body, f), error=CheckpointWriteError)
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -54,24 +54,26 @@ def log(message: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    from .checkpoint import atomic_write_bytes
+    from ..files import atomic_write
+    from .checkpoint import CheckpointWriteError
 
-    return atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    return atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), error=CheckpointWriteError)
 
 
 def write_metrics(run_dir: str | os.PathLike, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` and ``metrics.csv`` of ``run_dir`` from ``history``."""
-    from .checkpoint import atomic_write_bytes
+    from ..files import atomic_write
+    from .checkpoint import CheckpointWriteError
 
     run_dir = Path(run_dir)
     jsonl = "".join(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n" for row in history)
-    atomic_write_bytes(run_dir / "metrics.jsonl", jsonl.encode())
+    atomic_write(run_dir / "metrics.jsonl", jsonl.encode(), error=CheckpointWriteError)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: row.get(k) for k in COLUMNS})
-    atomic_write_bytes(run_dir / "metrics.csv", buf.getvalue().encode())
+    atomic_write(run_dir / "metrics.csv", buf.getvalue().encode(), error=CheckpointWriteError)
 
 
 def epoch_line(row: dict[str, Any]) -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BiperError
-from .checkpoint import atomic_write_bytes
+from ..files import atomic_path, atomic_write, is_temp_name
+from .checkpoint import CheckpointWriteError
 
 __all__ = ["write_config", "check_resume_config", "clean_temp_files", "link_final", "RESUME_MAY_DIFFER"]
 
@@ -32,7 +33,7 @@ def write_config(out: Path, config) -> Path:
     import yaml
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    return atomic_write_bytes(Path(out) / "config.yaml", text.encode())
+    return atomic_write(Path(out) / "config.yaml", text.encode(), error=CheckpointWriteError)
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
@@ -61,8 +62,8 @@ def clean_temp_files(out: Path) -> None:
     """Remove temporary files left by a writer that was killed mid-write."""
     for folder in (Path(out), Path(out) / "checkpoints"):
         if folder.is_dir():
-            for p in folder.glob(".*.tmp-*"):
-                if not p.name.endswith(f".tmp-{os.getpid()}"):
+            for p in folder.iterdir():
+                if is_temp_name(p.name) and not is_temp_name(p.name, pid=os.getpid()):
                     with contextlib.suppress(OSError):
                         p.unlink()
 
@@ -72,13 +73,8 @@ def link_final(source: Path | None, target: Path) -> None:
     the filesystem allows it, else a copy; replaced atomically either way."""
     if source is None:
         raise BiperError("no checkpoint was written, so there is no final model to publish")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
     try:
-        os.link(source, tmp)
-        os.replace(tmp, target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        atomic_write_bytes(target, Path(source).read_bytes())
+        with atomic_path(target, error=CheckpointWriteError) as tmp:
+            os.link(source, tmp)
+    except CheckpointWriteError:  # no hard links here: copy
+        atomic_write(target, Path(source).read_bytes(), error=CheckpointWriteError)
