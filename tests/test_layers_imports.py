@@ -16,10 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "biper"
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
-# Lowest first. A module belongs to the layer of the longest prefix that names it.
+# Lowest first. A module belongs to the layer of the longest prefix that names it (the bare
+# package ``biper`` names only its own __init__, not everything below it).
 LAYERS = [
     ("base", ["biper.errors", "biper.version", "biper.files", "biper.validate", "biper.functional",
-              "biper.native", "biper.theory"]),
+              "biper.native", "biper.theory", "biper.checkpoint_file"]),
     ("quantizers", ["biper.quantizers"]),
     ("nn", ["biper.nn"]),
     ("transform", ["biper.transform"]),
@@ -48,7 +49,8 @@ def layer_of(module: str) -> int | None:
     best, best_len = None, -1
     for rank, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+            below = prefix != "biper" and module.startswith(prefix + ".")
+            if (module == prefix or below) and len(prefix) > best_len:
                 best, best_len = rank, len(prefix)
     return best
 

@@ -1,16 +1,16 @@
 """Quantization-error (QE) analysis: BiPer's closed form, Monte Carlo, per-layer reports, omega0
 selection and plots.
 
-- `theory`: closed forms for Laplace latent weights (``e_sin2``, ``gamma_opt``, ``qe``,
-  ``qe_opt``, limits), numpy only.
+- `theory`: the closed forms for Laplace latent weights (``e_sin2``, ``gamma_opt``, ``qe``,
+  ``qe_opt``, limits), re-exported from `biper.theory`.
 - `measure`: empirical QE of any weight quantizer pair on any tensor, Laplace ``b`` by maximum
   likelihood, Monte Carlo estimates with standard errors.
 - `report`: per-layer table of a model, a state dict or a checkpoint.
 - `flexible_init`: choose omega0 (global or per layer) for a target QE.
 - `plots`: figures (imports matplotlib when called, never at import).
 
-Only `theory` is imported eagerly (the quantizers import ``gamma_opt`` from it); the other names
-load on first access, so ``import biper.analysis`` stays light and free of import cycles.
+The closed forms are imported eagerly; the other names load on first access, so
+``import biper.analysis`` stays light.
 
 Example::
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 
-from .theory import (
+from ..theory import (
     LIMITS,
     QE_OPT_PEAK,
     e_sin2,

@@ -43,7 +43,7 @@ from torch import nn
 from ..errors import BiperError, did_you_mean
 from ..nn import binary_layers
 from .measure import laplace_b
-from .theory import LIMITS, QE_OPT_PEAK, qe, qe_opt, qe_relative
+from ..theory import LIMITS, QE_OPT_PEAK, qe, qe_opt, qe_relative
 
 __all__ = ["GAMMAS", "omega0_for_target", "apply_flexible_init", "FlexibleInit", "reachable_range"]
 

@@ -44,7 +44,7 @@ import torch
 
 from ..errors import BiperError
 from ..quantizers import Quantizer, get_quantizer
-from .theory import gamma_opt
+from ..theory import gamma_opt
 
 __all__ = [
     "DISTRIBUTIONS",

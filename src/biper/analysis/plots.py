@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import BiperError
-from . import theory
+from .. import theory
 
 __all__ = ["plot_qe_curve", "plot_weight_histograms"]
 

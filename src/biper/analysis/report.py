@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import BiperError, did_you_mean
 from ..nn import binary_layers
 from ..quantizers import Quantizer, get_quantizer, list_quantizers
-from . import theory
+from .. import theory
 from .measure import laplace_b, qe_target, resolve_gamma
 
 __all__ = [
@@ -196,65 +196,49 @@ def layers_from_state_dict(state: dict[str, Any], weight_quantizer: str | None =
     return specs
 
 
-def _model_config(obj: dict) -> dict | None:
-    """The ``{name, num_classes, kwargs, binarize}`` dict of a checkpoint, if it has one."""
-    config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    for mc in (obj.get("model_config"), config.get("model_config"), config.get("model")):
-        if isinstance(mc, dict) and isinstance(mc.get("name"), str):
-            if "binarize" not in mc and "binarize" in config:
-                mc = {**mc, "binarize": config["binarize"]}
-            return mc
-    return None
-
-
-def _rebuild_model(mc: dict, state: dict) -> nn.Module:
-    """Build the model of a checkpoint's model config and load its weights."""
-    from ..models import create_model
-
-    model = create_model(mc["name"], binarize=mc.get("binarize"), num_classes=mc.get("num_classes"),
-                         **dict(mc.get("kwargs") or {}))
-    model.load_state_dict(state)
-    return model
-
-
 def load_layers(source: str | os.PathLike | dict, weight_quantizer: str | None = None
                 ) -> tuple[list[LayerSpec], dict[str, Any]]:
     """Layers of a checkpoint (path or loaded dict) or plain state dict, and where they came from.
 
-    A biper checkpoint (``{"model": state_dict, "model_config": {name, num_classes, kwargs,
-    binarize}, "config": ..., "version": ...}``) is rebuilt through `biper.models.create_model`;
-    when that fails, and for plain state dicts, the binary layers are read from the state dict
-    directly. The file is read with ``torch.load(weights_only=True)`` (no code runs).
+    A checkpoint with a model spec (see `biper.models.ModelSpec.from_checkpoint`) is rebuilt
+    from it; when that fails, and for plain state dicts, the binary layers are read from the
+    state dict directly. Files are read by `biper.checkpoint_file.read_checkpoint` (weights-only
+    load, checksum verified for biper checkpoints).
     """
+    from ..checkpoint_file import CheckpointError, read_checkpoint
+    from ..models import ModelSpec
+
     info: dict[str, Any] = {"source": "state_dict"}
     obj = source
     if not isinstance(source, dict):
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise BiperError(f"checkpoint {path!r} does not exist")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (any unreadable file is a user error)
-            raise BiperError(f"cannot read checkpoint {path!r}: {str(exc).splitlines()[0]}") from None
+            obj = read_checkpoint(path)
+        except CheckpointError as err:
+            raise BiperError(f"cannot read checkpoint: {err}") from None
         info["path"] = path
     if not isinstance(obj, dict):
         raise BiperError(f"a checkpoint must hold a dict, got {type(obj).__name__}")
-    state, mc = obj, None
+    state, found = obj, None
     if isinstance(obj.get("model"), dict):
-        state, mc = obj["model"], _model_config(obj)
+        state = obj["model"]
         for key in ("version", "stage_name"):
             if obj.get(key) is not None:
                 info[key] = obj[key]
-    if mc is not None:
-        binarize = mc.get("binarize") if isinstance(mc.get("binarize"), dict) else {}
-        if weight_quantizer is None and isinstance(binarize.get("weight_quantizer"), str):
-            weight_quantizer = binarize["weight_quantizer"]
         try:
-            model = _rebuild_model(mc, state)
+            found = ModelSpec.from_checkpoint(obj)
+        except BiperError as exc:
+            info["rebuild_error"] = str(exc).strip().splitlines()[0]
+    if found is not None:
+        if weight_quantizer is None and found.binarize is not None:
+            weight_quantizer = found.binarize.weight_quantizer
+        try:
+            model = found.build()
+            model.load_state_dict(state)
         except (BiperError, RuntimeError, ImportError, TypeError, KeyError) as exc:
             info["rebuild_error"] = str(exc).strip().splitlines()[0]
         else:
-            info.update(source="model", model=mc["name"])
+            info.update(source="model", model=found.name)
             return layers_from_model(model), info
     return layers_from_state_dict(state, weight_quantizer), info
 

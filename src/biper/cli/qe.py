@@ -88,7 +88,7 @@ def run(args) -> int:
 
 
 def _point(args) -> dict:
-    from ..analysis import theory
+    from .. import theory
 
     x = args.omega * args.b
     gamma = float(theory.gamma_opt(x)) if args.gamma_opt else (1.0 if args.gamma is None else args.gamma)

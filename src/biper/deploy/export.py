@@ -3,8 +3,7 @@
 `export_model(model, path)` packs the model (`pack_model`: 1 bit per binary weight, scale and
 BatchNorm folded into one per-channel affine), and writes the packed state with
 `fileformat.write_file`: full-precision layers as float32 tensors, the model's rebuild recipe
-(``model.model_config`` from `biper.models.create_model`: name, classes, options, binarize
-config), the layer swaps, the training config and the library version in the JSON header.
+(the model's `biper.models.ModelSpec`, header key ``model``), the layer swaps, the training config and the library version in the JSON header.
 `export_checkpoint` does the same from a training checkpoint.
 
 `load_packed(path)` rebuilds the architecture from the registry, redoes the swaps and loads the
@@ -37,7 +36,8 @@ import torch
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import BinaryConv2d, BinaryLinear
+from ..models import ModelSpec
+from ..nn import is_binary_layer
 from .convert import PackReport, apply_structure, pack_model, structure
 from .fileformat import FORMAT_VERSION, read_file, write_file
 
@@ -71,7 +71,7 @@ class ExportInfo:
 def _count(model: nn.Module) -> tuple[int, int]:
     """(binary weights, other parameters) of an unpacked binary model."""
     binary = {id(m.weight) for m in model.modules()
-              if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.weight_quantizer is not None}
+              if is_binary_layer(m) and m.weight_quantizer is not None}
     nbin = sum(p.numel() for p in model.parameters() if id(p) in binary)
     nother = sum(p.numel() for p in model.parameters() if id(p) not in binary)
     return nbin, nother
@@ -83,7 +83,7 @@ def _version() -> str:
     return __version__
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: dict | None = None,
+def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: ModelSpec | dict | None = None,
                  config: dict | None = None, meta: dict | None = None) -> ExportInfo:
     """Pack ``model`` and write it to ``path``; returns an `ExportInfo`.
 
@@ -91,7 +91,9 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: dic
     the registry; without it the file loads only with ``load_packed(path, model=...)``.
     ``config`` (the training config) and ``meta`` are stored as given (JSON-able).
     """
-    model_config = model_config if model_config is not None else getattr(model, "model_config", None)
+    model_config = model_config if model_config is not None else getattr(model, "model_spec", None)
+    if isinstance(model_config, ModelSpec):
+        model_config = model_config.to_dict()
     packed, report = pack_model(model)
     tensors, extra = {}, {}
     for key, value in packed.state_dict().items():
@@ -114,31 +116,27 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, model_config: dic
     return ExportInfo(str(path), size, nbin, nother, report)
 
 
-def model_spec_from_checkpoint(ckpt: dict) -> dict:
-    """The ``create_model`` recipe stored in a training checkpoint."""
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    for cand in (ckpt.get("model_config"), config.get("model_config"), config.get("model")):
-        if isinstance(cand, dict) and isinstance(cand.get("name"), str):
-            return cand
-    raise BiperError("checkpoint has no model config (expected 'model_config' with a 'name')")
+def model_spec_from_checkpoint(ckpt: dict) -> ModelSpec:
+    """The `ModelSpec` stored in a training checkpoint."""
+    spec = ModelSpec.from_checkpoint(ckpt)
+    if spec is None:
+        raise BiperError("checkpoint has no model config (expected 'model_config' with a 'name')")
+    return spec
 
 
-def _build(spec: Any) -> nn.Module:
-    from ..models import create_model
-
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+def _spec(header_model: Any) -> ModelSpec:
+    """The `ModelSpec` of a packed file's header."""
+    if not isinstance(header_model, dict) or not isinstance(header_model.get("name"), str):
         raise BiperError("the file has no registry model config; load it with load_packed(path, model=...)")
-    kwargs = spec.get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise BiperError(f"model kwargs must be a mapping, got {type(kwargs).__name__}")
-    return create_model(spec["name"], binarize=spec.get("binarize"),
-                        num_classes=spec.get("num_classes"), **kwargs)
+    return ModelSpec.from_dict(header_model)
 
 
-def default_meta(model_config: dict | None, config: dict | None) -> dict:
+def default_meta(model_config: ModelSpec | dict | None, config: dict | None) -> dict:
     """Input size, normalisation and class names for `biper infer`, from the registry and the
     run config (dataset) when they are known."""
     meta: dict[str, Any] = {}
+    if isinstance(model_config, ModelSpec):
+        model_config = model_config.to_dict()
     if isinstance(model_config, dict) and isinstance(model_config.get("name"), str):
         from ..models import model_info
 
@@ -167,24 +165,24 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **
 
     ckpt = load_checkpoint(checkpoint)
     spec = model_spec_from_checkpoint(ckpt)
-    model = _build(spec)
+    model = spec.build()
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
-        raise BiperError(f"{checkpoint}: weights do not match model {spec['name']!r}: {detail}") from None
+        raise BiperError(f"{checkpoint}: weights do not match model {spec.name!r}: {detail}") from None
     config = kwargs.pop("config", ckpt.get("config"))
     meta = {**default_meta(spec, config), "checkpoint_version": ckpt.get("version"),
             "stage": ckpt.get("stage_name"), **(kwargs.pop("meta", None) or {})}
     return export_model(model.eval(), path, model_config=spec, config=config, meta=meta, **kwargs)
 
 
-def _check_shapes(path, model_spec, structure_spec: dict, tensors: dict) -> None:
+def _check_shapes(path, model_spec: ModelSpec, structure_spec: dict, tensors: dict) -> None:
     """Build the described model on the meta device (no memory) and compare every tensor shape
     with the file's before building it for real: a header cannot make loading allocate more
     than the tensors the file actually holds."""
     with torch.device("meta"):
-        ghost = apply_structure(_build(model_spec), structure_spec)
+        ghost = apply_structure(model_spec.build(), structure_spec)
     expected = {k: tuple(v.shape) for k, v in ghost.state_dict().items() if isinstance(v, torch.Tensor)}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if expected != found:
@@ -192,7 +190,7 @@ def _check_shapes(path, model_spec, structure_spec: dict, tensors: dict) -> None
         unexpected = sorted(set(found) - set(expected))[:3]
         shapes = [f"{k} {found[k]} vs {expected[k]}" for k in sorted(set(expected) & set(found))
                   if found[k] != expected[k]][:3]
-        raise BiperError(f"{path}: tensors do not match model {model_spec.get('name')!r}: missing {missing}, "
+        raise BiperError(f"{path}: tensors do not match model {model_spec.name!r}: missing {missing}, "
                          f"unexpected {unexpected}, shapes (file vs model) {shapes}")
 
 
@@ -213,8 +211,9 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, *,
     if not isinstance(spec, dict):
         raise BiperError(f"{path}: header has no layer structure")
     if model is None:
-        _check_shapes(path, header.get("model"), spec, tensors)
-    skeleton = copy.deepcopy(model) if model is not None else _build(header.get("model"))
+        model_spec = _spec(header.get("model"))
+        _check_shapes(path, model_spec, spec, tensors)
+    skeleton = copy.deepcopy(model) if model is not None else model_spec.build()
     apply_structure(skeleton, spec)
     extra = header.get("extra_state") or {}
     if not isinstance(extra, dict):

@@ -210,14 +210,11 @@ def _registry_input_size(name: str | None):
 
 
 def _from_recipe(target: str) -> tuple[nn.Module, str, tuple | None]:
-    from ..models import create_model
     from ..train import load_run_config, model_spec
 
     cfg = load_run_config(target)
     spec = model_spec(cfg, len(cfg.stages) - 1)
-    model = create_model(spec["name"], binarize=spec["binarize"], num_classes=spec["num_classes"],
-                         **spec["kwargs"])
-    return model, f"{Path(str(target)).stem} ({spec['name']})", _registry_input_size(spec["name"])
+    return spec.build(), f"{Path(str(target)).stem} ({spec.name})", _registry_input_size(spec.name)
 
 
 def resolve_target(target: str, *, binarize: bool = True) -> tuple[nn.Module, str, tuple | None]:
@@ -241,8 +238,9 @@ def resolve_target(target: str, *, binarize: bool = True) -> tuple[nn.Module, st
         from ..train import build_model_from_config, load_checkpoint
 
         ckpt = load_checkpoint(path)
-        name = (ckpt.get("model_config") or {}).get("name")
-        return build_model_from_config(ckpt), f"{path.name} ({name})", _registry_input_size(name)
+        model = build_model_from_config(ckpt)
+        name = model.model_spec.name
+        return model, f"{path.name} ({name})", _registry_input_size(name)
     if target in list_models():
         model = create_model(target, binarize=BinarizeConfig() if binarize else None)
         return model, target, _registry_input_size(target)

@@ -29,11 +29,12 @@ Example::
 
 from . import mlp, resnet_cifar, resnet_imagenet, vgg, vit  # noqa: F401  (register the models)
 from .common import BiperModel, PadShortcut
-from .registry import ModelInfo, create_model, list_models, model_info, register_model
+from .registry import ModelInfo, ModelSpec, create_model, list_models, model_info, register_model
 
 __all__ = [
     "BiperModel",
     "ModelInfo",
+    "ModelSpec",
     "PadShortcut",
     "create_model",
     "list_models",

@@ -264,9 +264,9 @@ class Trainer:
             log(f"stage {index + 1}/{len(cfg.stages)} '{stage.name}': {math.ceil(total / spe)} epoch(s), "
                 f"{total} steps of batch {cfg.data.batch_size}"
                 f"{f' ({self.world} processes x {batch})' if self.world > 1 else ''}, {stage.optimizer} lr {stage.lr:g}, "
-                f"{'binary' if spec['binarize'] else 'full precision'} model, {cfg.precision}"
+                f"{'binary' if spec.binarize else 'full precision'} model, {cfg.precision}"
                 f"{', channels_last' if cfg.channels_last else ''}, {torch.get_num_threads()} thread(s)"
-                f"{f', quantizer kernels {fused.backend()}' if spec['binarize'] and self.device.type == 'cpu' else ''}")
+                f"{f', quantizer kernels {fused.backend()}' if spec.binarize and self.device.type == 'cpu' else ''}")
         state = dict(index=index, model=model, net=net, optimizer=optimizer, scaler=scaler, task=task,
                      schedule=schedule, spec=spec, total=total, spe=spe)
         self._maybe_stop(state, step, acc)
@@ -430,7 +430,7 @@ class Trainer:
         epoch, batch = divmod(step, spe)
         run_done = stage_done and index == len(self.config.stages) - 1
         payload = {
-            "model": s["model"].state_dict(), "model_config": s["spec"], "config": self.config.to_dict(),
+            "model": s["model"].state_dict(), "model_config": s["spec"].to_dict(), "config": self.config.to_dict(),
             "stage": index, "stage_name": self.config.stages[index].name,
             "progress": {"stage": index, "stage_step": step, "global_step": self.global_step,
                          "epoch": epoch, "batch": batch, "steps_per_epoch": spe,

@@ -1,8 +1,8 @@
 """Building the model of a stage, loading initial weights, devices and precision contexts.
 
-`build_model_from_config` is the one way to rebuild a trained model from a checkpoint: it takes
-the checkpoint's ``model_config`` (``name``, ``num_classes``, ``kwargs``, ``binarize``), a whole
-checkpoint, or a run config plus a stage index.
+`build_model_from_config` is the one way to rebuild a trained model: it takes a
+`biper.models.ModelSpec` (or its dict, a checkpoint's ``model_config``), a whole checkpoint
+(read through `biper.models.ModelSpec.from_checkpoint`), or a run config plus a stage index.
 
 Loading weights across a precision change (a full-precision stage followed by a binary one)
 is allowed: keys that only binary layers have (``alpha``, quantizer state) may be missing or
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import BiperError
+from ..models import ModelSpec
 from .config import RunConfig
 
 __all__ = ["build_model_from_config", "model_spec", "load_init_state", "resolve_device",
@@ -31,26 +32,23 @@ __all__ = ["build_model_from_config", "model_spec", "load_init_state", "resolve_
 BINARY_ONLY_KEYS = (".alpha", "weight_quantizer.", "input_quantizer.")
 
 
-def model_spec(config: RunConfig, stage: int, num_classes: int | None = None) -> dict[str, Any]:
-    """``{"name", "num_classes", "kwargs", "binarize"}`` of stage ``stage`` of a run."""
-    binarize = config.stage_binarize(stage)
-    return {
-        "name": config.model.name,
-        "num_classes": config.model.num_classes if num_classes is None else num_classes,
-        "kwargs": dict(config.model.kwargs),
-        "binarize": None if binarize is None else binarize.to_dict(),
-    }
+def model_spec(config: RunConfig, stage: int, num_classes: int | None = None) -> ModelSpec:
+    """The `ModelSpec` of stage ``stage`` of a run (its binarize config merged once, at load)."""
+    return ModelSpec(config.model.name,
+                     config.model.num_classes if num_classes is None else num_classes,
+                     config.model.kwargs, config.stage_binarize(stage))
 
 
-def build_model_from_config(config: dict | RunConfig, stage: int | None = None) -> nn.Module:
-    """Rebuild a model: from a ``model_config`` dict, a checkpoint dict (weights loaded as
+def build_model_from_config(config: ModelSpec | dict | RunConfig, stage: int | None = None) -> nn.Module:
+    """Rebuild a model: from a `ModelSpec` or its dict, a checkpoint dict (weights loaded as
     well), or a run config (dict or `RunConfig`) for ``stage`` (default: the last stage)."""
-    from ..models import create_model
-
     weights = None
-    if isinstance(config, dict) and "model_config" in config:       # a whole checkpoint
+    if isinstance(config, dict) and ("model_config" in config or "config" in config):  # a checkpoint
         weights = config.get("model")
-        config = config["model_config"]
+        found = ModelSpec.from_checkpoint(config)
+        if found is None:
+            raise BiperError("checkpoint has no model config (expected 'model_config' with a 'name')")
+        config = found
     if isinstance(config, dict) and "stages" in config:             # a run config dict
         config = RunConfig.from_dict(config)
     if isinstance(config, RunConfig):
@@ -58,11 +56,12 @@ def build_model_from_config(config: dict | RunConfig, stage: int | None = None) 
         if not 0 <= index < len(config.stages):
             raise BiperError(f"stage must be in [0, {len(config.stages) - 1}], got {stage}")
         config = model_spec(config, index)
-    if not isinstance(config, dict) or "name" not in config:
-        raise BiperError("build_model_from_config needs a model_config dict (name, num_classes, "
+    if isinstance(config, dict) and isinstance(config.get("name"), str):
+        config = ModelSpec.from_dict(config)
+    if not isinstance(config, ModelSpec):
+        raise BiperError("build_model_from_config needs a ModelSpec (or its dict: name, num_classes, "
                          "kwargs, binarize), a checkpoint or a run config")
-    model = create_model(config["name"], binarize=config.get("binarize"),
-                         num_classes=config.get("num_classes"), **dict(config.get("kwargs") or {}))
+    model = config.build()
     if weights is not None:
         model.load_state_dict(weights)
     return model
