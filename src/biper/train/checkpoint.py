@@ -35,9 +35,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+
+import torch  # noqa: F401 (the torch whose save writes checkpoints; tests patch it here)
 
 from ..checkpoint_file import (  # noqa: F401 (re-exported: the file format lives in the base layer)
     FORMAT,
@@ -51,6 +54,8 @@ from ..checkpoint_file import (  # noqa: F401 (re-exported: the file format live
     state_digest,
     weights_digest,
 )
+from ..errors import BiperError
+from .run_files import clean_temp_files
 
 __all__ = [
     "FORMAT",
@@ -66,6 +71,9 @@ __all__ = [
     "list_checkpoints",
     "latest_checkpoint",
     "checkpoint_name",
+    "find_resume_point",
+    "stage_final_state",
+    "prune_rolling",
 ]
 
 _NAME = re.compile(r"^(?:ckpt|stage(\d+)-final)-(\d{9})\.pt$")
@@ -104,3 +112,41 @@ def checkpoint_name(global_step: int, stage_final: int | None = None) -> str:
     if stage_final is None:
         return f"ckpt-{global_step:09d}.pt"
     return f"stage{stage_final + 1}-final-{global_step:09d}.pt"
+
+
+def find_resume_point(out: Path, resume: bool, *, report=None) -> tuple[Path, dict] | None:
+    """Where a run in ``out`` starts: None for a fresh run, else the newest good checkpoint
+    (with ``resume``). A fresh run refuses a folder that already holds one."""
+    folder = out / "checkpoints"
+    if out.exists() and not out.is_dir():
+        raise BiperError(f"--out {out} is a file; give a folder for the run")
+    existing = list_checkpoints(folder)
+    if not resume:
+        if existing or (out / "summary.json").exists():
+            raise BiperError(f"{out} already holds a run; pass --resume to continue it or "
+                             f"choose another --out")
+        return None
+    clean_temp_files(out)
+    found = latest_checkpoint(folder, report=report)
+    if found is None and existing:
+        raise BiperError(f"every checkpoint in {folder} is unreadable; move them away to start over")
+    if found is None and report is not None:
+        report(f"no checkpoint in {folder}; starting the run from the beginning")
+    return found
+
+
+def stage_final_state(folder: Path, index: int) -> dict:
+    """The weights of the final checkpoint of stage ``index`` (0-based) in ``folder``."""
+    finals = [p for _, final, p in list_checkpoints(folder)
+              if final and p.name.startswith(f"stage{index + 1}-final-")]
+    if not finals:
+        raise BiperError(f"the final checkpoint of stage {index + 1} is missing from {folder}")
+    return load_checkpoint(finals[-1])["model"]
+
+
+def prune_rolling(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` rolling checkpoints of ``folder`` (stage-final ones stay)."""
+    rolling = [p for _, final, p in list_checkpoints(folder) if not final]
+    for old in rolling[: max(len(rolling) - keep, 0)]:
+        with contextlib.suppress(OSError):
+            old.unlink()

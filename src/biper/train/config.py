@@ -43,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -283,17 +284,23 @@ class RunConfig(_Config):
         check_int("seed", self.seed, minimum=0)
         check_int("checkpoint_every_steps", self.checkpoint_every_steps, minimum=1, none=True)
         check_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        flexible = None
         if self.omega0_init is not None:
             from ..analysis.flexible_init import FlexibleInit
 
             check_mapping("omega0_init", self.omega0_init)
             with wrap_errors("omega0_init"):
-                self._set("omega0_init", FlexibleInit.from_dict(dict(self.omega0_init)).to_dict())
+                flexible = FlexibleInit.from_dict(dict(self.omega0_init))
+            self._set("omega0_init", flexible.to_dict())
             if self.binarize is None:
                 raise ConfigError("omega0_init", "needs a binarized model with BiPer weights (binarize is null)")
+        # Derived once here, trusted downstream (not fields: not in to_dict, not compared).
+        object.__setattr__(self, "flexible_init", flexible)
+        merged = []
         for i in range(len(self.stages)):
             with wrap_errors(f"stages.{i}.binarize"):
-                self.stage_binarize(i)
+                merged.append(self._merge_binarize(i))
+        object.__setattr__(self, "_stage_binarize", tuple(merged))
 
     def _check_stages(self, stages: Any) -> tuple[StageConfig, ...]:
         if not isinstance(stages, (list, tuple)) or not stages:
@@ -322,7 +329,16 @@ class RunConfig(_Config):
         """The binarize config of stage ``index``: the run's merged with the stage's overrides;
         None for a full-precision stage (run ``binarize: null`` or stage ``full_precision``),
         whose overrides are then unused, so ``binarize=null`` turns any recipe into its float
-        reference."""
+        reference. Merged and validated once, when the config is made."""
+        return self._stage_binarize[index]
+
+    def with_num_classes(self, num_classes: int) -> "RunConfig":
+        """This config with ``model.num_classes`` set (the other parts are not validated again)."""
+        out = copy.copy(self)
+        object.__setattr__(out, "model", dataclasses.replace(self.model, num_classes=num_classes))
+        return out
+
+    def _merge_binarize(self, index: int) -> BinarizeConfig | None:
         stage = self.stages[index]
         if self.binarize is None or stage.full_precision:
             return None

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "write_metrics", "epoch_line", "is_main_process", "rank_world",
+__all__ = ["COLUMNS", "write_metrics", "epoch_line", "epoch_row", "heartbeat_line", "is_main_process", "rank_world",
            "write_json", "log"]
 
 COLUMNS = ("stage", "stage_index", "epoch", "global_step", "lr", "train_loss", "train_acc", "reg",
@@ -87,3 +87,58 @@ def epoch_line(row: dict[str, Any]) -> str:
 def progress_enabled(quiet: bool) -> bool:
     """Progress bars only on an interactive terminal, never in quiet mode or off rank 0."""
     return not quiet and sys.stderr.isatty() and is_main_process()
+
+
+def epoch_row(stage: str, index: int, epoch: int, global_step: int, lr: float, totals, test_loss: float,
+              test_acc: float, wall_time: float) -> dict[str, Any]:
+    """The metrics row of an epoch from its running sums (`biper.train.state.EpochTotals`)."""
+    n = max(totals.count, 1)
+    return {"stage": stage, "stage_index": index, "epoch": epoch + 1, "global_step": global_step, "lr": lr,
+            "train_loss": totals.loss / n, "train_acc": 100.0 * totals.correct / n, "reg": totals.reg / n,
+            "test_loss": test_loss, "test_acc": test_acc, "epoch_time": totals.time, "wall_time": wall_time}
+
+
+def heartbeat_line(stage: str, epoch: int, done: int, steps: int, totals, wall_time: float, world: int) -> str:
+    """The progress line printed into logs (no terminal) while an epoch runs."""
+    n = max(totals.count, 1)
+    return (f"  [{stage} epoch {epoch + 1}] step {done}/{steps}, running loss {totals.loss / n:.4f} "
+            f"acc {100.0 * totals.correct / n:.2f}%{' (rank 0)' if world > 1 else ''}, "
+            f"{wall_time:.0f}s elapsed")
+
+
+def stage_line(config, index: int, total: int, spe: int, world: int, *, binary: bool, kernels: str | None) -> str:
+    """The line printed when a stage starts."""
+    import math
+
+    import torch
+
+    stage = config.stages[index]
+    per_rank = config.data.batch_size // world  # validated to split evenly
+    procs = f" ({world} processes x {per_rank})" if world > 1 else ""
+    return (f"stage {index + 1}/{len(config.stages)} '{stage.name}': {math.ceil(total / spe)} epoch(s), "
+            f"{total} steps of batch {config.data.batch_size}{procs}, {stage.optimizer} lr {stage.lr:g}, "
+            f"{'binary' if binary else 'full precision'} model, {config.precision}"
+            f"{', channels_last' if config.channels_last else ''}, {torch.get_num_threads()} thread(s)"
+            f"{f', quantizer kernels {kernels}' if kernels else ''}")
+
+
+def run_summary(config, history: list[dict], best: dict | None, steps: int, wall_time: float, digest: str,
+                device, world: int) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run."""
+    import torch
+
+    from ..version import __version__
+
+    last = history[-1] if history else {}
+    per_stage: dict[str, int] = {}
+    for row in history:
+        per_stage[row["stage"]] = per_stage.get(row["stage"], 0) + 1
+    return {
+        "name": config.name, "version": __version__, "torch_version": str(torch.__version__),
+        "final_test_acc": last.get("test_acc"), "final_test_loss": last.get("test_loss"),
+        "best_test_acc": None if best is None else best["test_acc"],
+        "best": best, "epochs": len(history), "epochs_per_stage": per_stage,
+        "steps": steps, "wall_time": wall_time, "weights_sha256": digest, "final_checkpoint": "final.pt",
+        "device": str(device), "precision": config.precision,
+        "threads": torch.get_num_threads(), "world_size": world,
+    }

@@ -17,17 +17,18 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..errors import BiperError
 from ..models import ModelSpec
+from ..validate import wrap_errors
 from .config import RunConfig
 
-__all__ = ["build_model_from_config", "model_spec", "load_init_state", "resolve_device",
-           "autocast_context", "BINARY_ONLY_KEYS"]
+__all__ = ["build_model_from_config", "model_spec", "load_init_state", "init_stage_weights",
+           "check_stage_models", "resolve_device", "autocast_context", "BINARY_ONLY_KEYS"]
 
 BINARY_ONLY_KEYS = (".alpha", "weight_quantizer.", "input_quantizer.")
 
@@ -88,6 +89,46 @@ def load_init_state(model: nn.Module, state: dict[str, torch.Tensor], source: st
                              f"the model needs {tuple(own[key].shape)}")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return missing
+
+
+def init_stage_weights(model: nn.Module, config: RunConfig, index: int,
+                       previous_state: Callable[[], dict], log: Callable[[str], None]) -> None:
+    """Initialise stage ``index``'s fresh model: from the previous stage (``previous_state()``)
+    or a weights file as ``init_from`` says, then the flexible omega0 init before stage 0."""
+    from .checkpoint import load_state_file
+
+    stage = config.stages[index]
+    if stage.init_from == "previous" and index > 0:
+        load_init_state(model, previous_state(), f"stage '{config.stages[index - 1].name}'")
+    elif stage.init_from not in (None, "previous"):
+        with wrap_errors(f"stages.{index}.init_from"):
+            load_init_state(model, load_state_file(stage.init_from), stage.init_from)
+    if index == 0 and config.flexible_init is not None:
+        with wrap_errors("omega0_init"):
+            chosen = config.flexible_init.apply(model)
+        values = sorted(chosen.values())
+        log(f"omega0_init: {len(chosen)} layer(s), omega0 from {values[0]:.4g} to {values[-1]:.4g}")
+
+
+def _selection(config: RunConfig, index: int) -> tuple:
+    b = config.stage_binarize(index)
+    if b is None:
+        return (None,)
+    return (b.include, b.exclude, b.layer_types, b.keep_first, b.keep_last, b.input_quantizer,
+            tuple(sorted(b.input_params)))
+
+
+def check_stage_models(config: RunConfig) -> None:
+    """Surface layer-selection errors of later stages before training: build (on the meta
+    device) each later stage whose binarize config selects layers differently from the stages
+    before it. Stage 0 is built right away anyway."""
+    seen = {_selection(config, 0)}
+    for i in range(1, len(config.stages)):
+        key = _selection(config, i)
+        if key not in seen:
+            seen.add(key)
+            with wrap_errors(f"stages.{i}"), torch.device("meta"):
+                model_spec(config, i).build()
 
 
 def resolve_device(name: str) -> torch.device:

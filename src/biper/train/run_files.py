@@ -22,9 +22,10 @@ from typing import Any
 
 from ..errors import BiperError
 from ..files import atomic_path, atomic_write, is_temp_name
-from .checkpoint import CheckpointWriteError
+from ..checkpoint_file import CheckpointWriteError
 
-__all__ = ["write_config", "check_resume_config", "clean_temp_files", "link_final", "RESUME_MAY_DIFFER"]
+__all__ = ["write_config", "start_run_folder", "check_resume_config", "clean_temp_files", "link_final",
+           "RESUME_MAY_DIFFER"]
 
 RESUME_MAY_DIFFER = ("data.data_dir", "data.cache_dir", "threads", "description")
 
@@ -78,3 +79,13 @@ def link_final(source: Path | None, target: Path) -> None:
             os.link(source, tmp)
     except CheckpointWriteError:  # no hard links here: copy
         atomic_write(target, Path(source).read_bytes(), error=CheckpointWriteError)
+
+
+def start_run_folder(out: Path, config) -> None:
+    """Create ``out/checkpoints`` and write the resolved ``config.yaml`` of a fresh run."""
+    folder = Path(out) / "checkpoints"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot create the run folder {folder}: {err.strerror or err}") from None
+    write_config(out, config)

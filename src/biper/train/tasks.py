@@ -22,13 +22,18 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..nn import regularization
+from ..validate import wrap_errors
+from .checkpoint import load_checkpoint
+from .model import build_model_from_config, model_spec
 
-__all__ = ["ClassificationTask", "DistillationTask"]
+__all__ = ["ClassificationTask", "DistillationTask", "build_task"]
 
 
 class ClassificationTask:
@@ -84,3 +89,23 @@ class DistillationTask(ClassificationTask):
     def to(self, device: torch.device) -> "DistillationTask":
         self.teacher.to(device)
         return self
+
+
+def build_task(config, index: int, teacher_state: Callable[[], dict], device: torch.device):
+    """The task of stage ``index`` of run ``config`` on ``device``. A distillation teacher is
+    the previous stage's model with weights ``teacher_state()``, or a checkpoint file."""
+    stage = config.stages[index]
+    if stage.task.name == "classification":
+        return ClassificationTask(label_smoothing=stage.label_smoothing, tau=stage.tau)
+    source = stage.task.teacher
+    if source == "previous":
+        teacher = build_model_from_config(model_spec(config, index - 1))
+        teacher.load_state_dict(teacher_state())
+    else:
+        with wrap_errors(f"stages.{index}.task.teacher"):
+            teacher = build_model_from_config(load_checkpoint(source))
+    teacher.to(device)
+    if config.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return DistillationTask(teacher, alpha=stage.task.alpha, temperature=stage.task.temperature,
+                            label_smoothing=stage.label_smoothing, tau=stage.tau).to(device)
