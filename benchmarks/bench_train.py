@@ -1,8 +1,8 @@
 """Seconds per CIFAR-10 training epoch: BiPer W1A1 ResNet-20 next to float ResNet-20.
 
-Every configuration runs the engine's training step (quantizer progress, task loss with the
-sin^2 regulariser, backward, SGD step, latent clipping) on batches of 256 from the trainer's
-loader. After a warm-up, the configurations take turns: each round times ``--steps`` steps of
+Every configuration runs the engine's own `biper.train.step.train_step` (quantizer progress,
+learning rate, task loss with the sin^2 regulariser, non-finite check, backward, gradient
+clipping, SGD step, latent clipping) on batches of 256 from the trainer's loader. After a warm-up, the configurations take turns: each round times ``--steps`` steps of
 every configuration, and the median over ``--rounds`` rounds is extrapolated to one epoch of
 50,000 images (196 steps); the summary lines also give the ratios of the fastest rounds.
 Interleaving keeps the ratios fair when other processes share the CPU; the spread column shows
@@ -10,8 +10,8 @@ how much the rounds disagreed.
 Evaluation is timed separately (10,000 test images). The baseline is the float ResNet-20 in
 eager float32 measured in the same process.
 
-Targets (issue 4): BiPer W1A1 <= 0.35x eager float32, and <= 1.10x the same float model under
-the same settings. Like ``biper train``, the script first calls `biper.native.tune_allocator`
+Targets: BiPer W1A1 <= 0.35x eager float32, and <= 1.10x the same float model under the same
+settings (docs/training.md has the measurements). Like ``biper train``, the script first calls `biper.native.tune_allocator`
 (large freed blocks stay in the heap instead of faulting in fresh pages every step); it applies
 to every configuration, the baseline included. ``--no-malloc-tuning`` shows glibc's defaults.
 
@@ -37,11 +37,11 @@ import torch  # noqa: E402
 
 from biper.data import TensorLoader, load_dataset  # noqa: E402
 from biper.native import tune_allocator  # noqa: E402
-from biper.nn import clip_latent_weights_  # noqa: E402
-from biper.quantizers import fused, set_progress  # noqa: E402
+from biper.quantizers import fused  # noqa: E402
 from biper.train import build_model_from_config, build_optimizer, load_run_config  # noqa: E402
 from biper.train.evaluate import evaluate  # noqa: E402
-from biper.train.model import autocast_context, model_spec  # noqa: E402
+from biper.train.model import model_spec  # noqa: E402
+from biper.train.step import train_step  # noqa: E402
 from biper.train.tasks import ClassificationTask  # noqa: E402
 
 STEPS_PER_EPOCH = 196  # ceil(50000 / 256)
@@ -70,7 +70,7 @@ class Case:
         if not binary:
             overrides.append("binarize=null")
         cfg = load_run_config("cifar10-resnet20-biper", overrides)
-        stage = cfg.stages[stage_index]
+        stage = self.stage = cfg.stages[stage_index]
         torch.manual_seed(0)
         self.model = build_model_from_config(model_spec(cfg, stage_index, 10))
         if channels_last:
@@ -87,18 +87,11 @@ class Case:
 
     def steps(self, n: int) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) per step over ``n`` engine training steps."""
-        device = torch.device("cpu")
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             x, y = self.batches[i % len(self.batches)]
-            set_progress(self.model, 0.5)
-            with autocast_context(self.precision, device):
-                loss, _, _ = self.task.loss(self.net, x, y)
-            loss.item()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            clip_latent_weights_(self.model)
+            train_step(self.model, self.task, self.optimizer, x, y, progress=0.5, lr=self.stage.lr,
+                       net=self.net, grad_clip=self.stage.grad_clip, precision=self.precision)
         return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
     def eval_seconds(self, test_set) -> float:
