@@ -144,3 +144,17 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     lazy = [n for n in ast.walk(ast.parse(MODULES["biper.cli.train"].read_text()))
             if isinstance(n, ast.FunctionDef) and any(isinstance(s, ast.ImportFrom) for s in ast.walk(n))]
     assert lazy, "biper.cli.train imports inside run(); the scanner must count those"
+
+
+def test_files_stay_readable_top_to_bottom():
+    long = {str(p.relative_to(SRC)): n for p in MODULES.values() if (n := len(p.read_text().splitlines())) >= 400}
+    assert not long, f"src files of 400 lines or more: {long}"
+    engine = len(MODULES["biper.train.engine"].read_text().splitlines())
+    assert engine < 250, f"train/engine.py has {engine} lines"
+
+
+def test_no_references_to_outside_documents():
+    bad = [f"{p.relative_to(SRC)}:{i}: {line.strip()}" for p in MODULES.values()
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if re.search(r"\bSPEC\b", line) or re.search(r"\bspec(ification)? section\b|\bissue #?\d+", line, re.I)]
+    assert not bad, "references to documents outside the repository:\n" + "\n".join(bad)

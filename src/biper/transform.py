@@ -30,7 +30,7 @@ from typing import Any
 from torch import nn
 
 from .errors import BiperError, did_you_mean
-from .nn import ALPHA_INITS, SCALINGS, BinaryConv2d, BinaryLinear, is_binary_layer
+from .nn import ALPHA_INITS, SCALINGS, BinaryConv2d, BinaryLinear, is_binary_layer, set_submodule
 from .quantizers import get_quantizer, list_quantizers
 from .quantizers.base import quantizer_class
 
@@ -150,12 +150,6 @@ class BinarizeReport:
         return "\n".join(lines)
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def binarize_(model: nn.Module, config: BinarizeConfig | dict | None = None) -> BinarizeReport:
     """Swap matching Conv2d / Linear layers of ``model`` for binary ones, in place."""
     if config is None:
@@ -195,7 +189,7 @@ def binarize_(model: nn.Module, config: BinarizeConfig | dict | None = None) -> 
             report.skipped.append((name, "last linear kept full precision (keep_last)"))
         else:
             binary = LAYER_TYPES[kind][1].from_float(module, **config.layer_kwargs())
-            _set_submodule(model, name, binary)
+            set_submodule(model, name, binary)
             report.converted.append((name, kind, tuple(module.weight.shape)))
     unused = [p for p, hit in used.items() if not hit and p != "*"]
     if unused:

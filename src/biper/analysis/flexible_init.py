@@ -1,7 +1,7 @@
 """Flexible initialisation: pick BiPer's frequency omega0 for a target quantization error.
 
 BiPer's QE for Laplace(0, b) latent weights depends on ``x = omega0 * b`` only (see
-`biper.analysis.theory`), so for a layer with scale ``b`` and a target error ``QE_t`` the
+`biper.theory`), so for a layer with scale ``b`` and a target error ``QE_t`` the
 frequency is ``omega0 = x_t / b`` where ``QE(x_t) = QE_t`` (BiPer, CVPR 2024, Sec. 3.3). The
 target is absolute or relative to the stage-1 weight energy (``QE / E[sin^2]``), at the optimal
 scale (``gamma="opt"``, QE*) or at ``gamma = 1`` (``gamma="one"``).

@@ -9,7 +9,7 @@ The target ``T`` depends on the pair (``qe_target``):
 
 - BiPer: ``T(w) = sin(omega0 w)``, the stage-1 weight, in either stage; ``binary(w) =
   sign(sin(omega0 w))``. This is the QE of BiPer, Sec. 3, whose Laplace closed form is in
-  `biper.analysis.theory`.
+  `biper.theory`.
 - pairs whose training forward ``F`` is soft (``pc``, ``bnn++``): ``T(w) = F(w)`` at the
   current parameter values (mu), i.e. the error made when deploying ``sign`` instead of ``F``.
 - pairs whose training forward is already ``sign`` (``bc``, ``bnn``, ``bnn+``, ``rpc``):

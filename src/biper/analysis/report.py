@@ -4,7 +4,7 @@ For every binary layer (a module with a weight quantizer; in a state dict, a pre
 ``<layer>.weight_quantizer._extra_state`` entry) the report gives:
 
 - the latent weights' Laplace fit: location (median) and scale ``b`` (maximum likelihood);
-- BiPer only: ``omega0``, ``x = omega0 b`` and the closed forms at x (`biper.analysis.theory`):
+- BiPer only: ``omega0``, ``x = omega0 b`` and the closed forms at x (`biper.theory`):
   E[sin^2], gamma*, QE(gamma=1), QE*, the fraction of weights beyond the first lobe
   (``e^{-pi/x}``) and with a flipped sign (``1/(e^{pi/x}+1)``);
 - measured on the layer's own weights (`biper.analysis.measure`): QE at gamma = 1, QE at gamma*

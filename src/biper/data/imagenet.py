@@ -36,7 +36,7 @@ import torch
 
 from biper.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from biper.data.folder import index_folder
-from biper.data.images import CorruptImage, require_pillow
+from biper.data.images import CorruptImage, require_pillow, resize_center_crop
 from biper.data.progress import notice
 from biper.errors import BiperError
 
@@ -67,18 +67,6 @@ def _rrc_box(w: int, h: int, u: np.ndarray) -> tuple[int, int, int, int]:
         cw, ch = w, h
     left, top = (w - cw) // 2, (h - ch) // 2
     return left, top, left + cw, top + ch
-
-
-def _resize_center_crop(im, image_size: int, resize_size: int, bilinear):
-    """torchvision's Resize(resize_size) + CenterCrop(image_size) geometry on a Pillow image."""
-    w, h = im.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = resize_size, int(resize_size * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    im = im.resize(size, bilinear)
-    left = int(round((size[0] - image_size) / 2.0))
-    top = int(round((size[1] - image_size) / 2.0))
-    return im.crop((left, top, left + image_size, top + image_size))
 
 
 class LazyImageFolder(torch.utils.data.Dataset):
@@ -120,7 +108,7 @@ class LazyImageFolder(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 if u is None:
-                    im = _resize_center_crop(im, self.image_size, self.resize_size, Image.BILINEAR)
+                    im = resize_center_crop(im, (self.image_size, self.image_size), self.resize_size)
                 else:
                     im = im.crop(_rrc_box(*im.size, u))          # crop, then resize (torchvision)
                     im = im.resize((self.image_size, self.image_size), Image.BILINEAR)

@@ -22,9 +22,10 @@ from biper.data.progress import Progress, notice
 from biper.errors import BiperError
 
 __all__ = ["IMAGE_EXTENSIONS", "require_pillow", "is_image_name", "decode_rgb", "decode_many",
-           "CorruptImage"]
+           "CorruptImage", "resize_center_crop", "eval_resize"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+EVAL_RESIZE_RATIO = 256 / 224  # short side before the centre crop, over the crop (ImageNet eval)
 
 
 class CorruptImage(Exception):
@@ -108,3 +109,31 @@ def decode_many(sources: Sequence[tuple[str, Callable[[], bytes]]], *, skip_corr
     if out is None:
         out = np.empty((0, 1, 1, 3), dtype=np.uint8)
     return out[:m], kept, skipped
+
+
+def resize_center_crop(im, size: tuple[int, int], resize_size: int):
+    """torchvision's ``Resize(resize_size)`` + ``CenterCrop(size)`` geometry (bilinear) on a
+    Pillow image: the short side becomes ``resize_size``, then the central ``(H, W)`` box."""
+    Image = require_pillow()
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new = (new_short, new_long) if w <= h else (new_long, new_short)
+    im = im.resize(new, Image.BILINEAR)
+    ch, cw = size
+    left = int(round((new[0] - cw) / 2.0))
+    top = int(round((new[1] - ch) / 2.0))
+    return im.crop((left, top, left + cw, top + ch))
+
+
+def eval_resize(im, size: tuple[int, int], resize_size: int | None = None):
+    """The evaluation geometry of an image for a model of input ``(H, W)``: ImageNet-style
+    (`resize_center_crop`, short side ``resize_size``, default ``round(min(H, W) * 256 / 224)``)
+    for inputs of 64 pixels or more, a plain bilinear resize for smaller (CIFAR-sized) inputs."""
+    Image = require_pillow()
+    h, w = size
+    if min(h, w) >= 64:
+        if resize_size is None:
+            resize_size = round(min(h, w) * EVAL_RESIZE_RATIO)
+        return resize_center_crop(im, (h, w), resize_size)
+    return im.resize((w, h), Image.BILINEAR)

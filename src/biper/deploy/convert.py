@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import BinaryConv2d, BinaryLinear
+from ..nn import BinaryConv2d, BinaryLinear, is_binary_layer, set_submodule
 from ..quantizers import Quantizer
 from .modules import PACKED_TYPES, PackedConv2d, PackedLinear, conv_padding
 
@@ -67,7 +67,7 @@ class Tracer(torch.fx.Tracer):
 
 
 def _is_binary(m: nn.Module) -> bool:
-    return isinstance(m, (BinaryConv2d, BinaryLinear))
+    return is_binary_layer(m)
 
 
 def _foldable(bn: nn.Module) -> bool:
@@ -116,12 +116,6 @@ def find_bn_pairs(model: nn.Module, is_layer) -> tuple[list[tuple[str, str]], st
     return pairs, "fx"
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 @torch.no_grad()
 def pack_model(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, PackReport]:
     """A packed copy of ``model`` (eval mode) and a `PackReport`; ``model`` is not modified."""
@@ -131,7 +125,7 @@ def pack_model(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, Pa
     bn_of = dict(pairs)
     modules = dict(model.named_modules())
     for name, layer in list(modules.items()):
-        if not isinstance(layer, (BinaryConv2d, BinaryLinear)):
+        if not is_binary_layer(layer):
             continue
         if layer.weight_quantizer is None:
             report.kept.append((name, "real-valued weights"))
@@ -139,10 +133,10 @@ def pack_model(model: nn.Module, *, fold_bn: bool = True) -> tuple[nn.Module, Pa
         bn = modules[bn_of[name]] if name in bn_of else None
         cls = PackedConv2d if isinstance(layer, BinaryConv2d) else PackedLinear
         packed = cls.from_binary(layer, bn)
-        _set_submodule(model, name, packed)
+        set_submodule(model, name, packed)
         report.packed.append((name, cls.__name__))
         if bn is not None:
-            _set_submodule(model, bn_of[name], nn.Identity())
+            set_submodule(model, bn_of[name], nn.Identity())
             report.folded.append((name, bn_of[name]))
     return model, report
 
@@ -194,7 +188,7 @@ def apply_structure(skeleton: nn.Module, spec: dict) -> nn.Module:
             new = PACKED_TYPES[kind](**cfg)
         except (TypeError, ValueError) as exc:
             raise BiperError(f"bad configuration for packed layer {name!r}: {exc}") from None
-        _set_submodule(skeleton, name, new)
+        set_submodule(skeleton, name, new)
     for name in folded:
         try:
             old = skeleton.get_submodule(name)
@@ -202,5 +196,5 @@ def apply_structure(skeleton: nn.Module, spec: dict) -> nn.Module:
             raise BiperError(f"folded BatchNorm {name!r} does not exist in the rebuilt model") from None
         if not isinstance(old, _BN_TYPES):
             raise BiperError(f"folded layer {name!r} is a {type(old).__name__}, expected a BatchNorm")
-        _set_submodule(skeleton, name, nn.Identity())
+        set_submodule(skeleton, name, nn.Identity())
     return skeleton.eval()

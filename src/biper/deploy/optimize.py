@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .convert import Tracer, _set_submodule, find_bn_pairs
+from ..nn import set_submodule
+from .convert import Tracer, find_bn_pairs
 from .modules import PackedConv2d
 
 __all__ = ["optimize", "fold_float_bn_", "fuse_epilogues", "to_channels_last_"]
@@ -60,8 +61,8 @@ def fold_float_bn_(model: nn.Module) -> list[tuple[str, str]]:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if not isinstance(bn, nn.BatchNorm2d):
             continue
-        _set_submodule(model, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-        _set_submodule(model, bn_name, nn.Identity())
+        set_submodule(model, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        set_submodule(model, bn_name, nn.Identity())
         done.append((conv_name, bn_name))
     return done
 

@@ -4,9 +4,9 @@ Inputs, by file extension:
 
 - ``.npy`` (NumPy, ``allow_pickle=False``) or ``.pt`` (``torch.load(weights_only=True)``): an
   already-normalised float tensor ``(C, H, W)`` or ``(N, C, H, W)``, used as is;
-- images (``.jpg``, ``.png``, ...; needs Pillow) or folders of them: converted to RGB, resized
-  (shorter side to ``H * 256/224`` then centre-cropped for inputs of 64 pixels or more, directly
-  to ``H x W`` for small CIFAR-like inputs), scaled to [0, 1] and normalised with the file's
+- images (``.jpg``, ``.png``, ...; needs Pillow) or folders of them: converted to RGB and
+  brought to the model's input size by the evaluation's own code
+  (`biper.data.images.eval_resize`, `biper.data.augment.normalize`) with the file's
   ``mean``/``std`` (set at export from the training dataset) unless overridden.
 
 Example::
@@ -25,11 +25,10 @@ from typing import Sequence
 
 import torch
 
+from ..data.images import IMAGE_EXTENSIONS
 from ..errors import BiperError
 
-__all__ = ["load_inputs", "topk", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+__all__ = ["load_inputs", "topk"]
 
 
 def _as_batch(t: torch.Tensor, source: str) -> torch.Tensor:
@@ -59,28 +58,19 @@ def _load_tensor(path: Path) -> torch.Tensor:
 
 
 def _load_image(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise BiperError("reading images needs Pillow: pip install 'biper[data]'") from None
+    """One image as evaluation sees it: `biper.data.images.eval_resize`, then `normalize`."""
+    from ..data.augment import normalize
+    from ..data.images import eval_resize, require_pillow
+
+    Image = require_pillow()
     h, w = size
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if min(h, w) >= 64:  # ImageNet-style: resize shorter side, centre crop
-                short = round(min(h, w) * 256 / 224)
-                scale = short / min(img.size)
-                img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))),
-                                 Image.BILINEAR)
-                left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
-                img = img.crop((left, top, left + w, top + h))
-            else:
-                img = img.resize((w, h), Image.BILINEAR)
+            img = eval_resize(img.convert("RGB"), (h, w))
             data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except OSError as exc:
         raise BiperError(f"{path}: cannot read image ({exc})") from None
-    x = data.view(h, w, 3).permute(2, 0, 1).float() / 255.0  # (3, H, W)
-    return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).unsqueeze(0)
+    return normalize(data.view(1, h, w, 3).permute(0, 3, 1, 2), mean, std)  # (1, 3, H, W)
 
 
 def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int] | None = None,
@@ -91,9 +81,9 @@ def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int]
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise BiperError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise BiperError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
         elif p.is_file():
             files.append(p)
@@ -104,7 +94,7 @@ def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int]
         if suffix in (".npy", ".pt", ".pth"):
             t = _load_tensor(f)
             names += [f"{f}[{i}]" for i in range(len(t))] if len(t) > 1 else [str(f)]
-        elif suffix in IMAGE_SUFFIXES:
+        elif suffix in IMAGE_EXTENSIONS:
             if input_size is None or mean is None or std is None:
                 raise BiperError("images need the model's input size and normalisation; the file has "
                                  "none, pass --input-size, --mean and --std")
@@ -112,7 +102,7 @@ def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int]
             names.append(str(f))
         else:
             raise BiperError(f"{f}: unsupported input type {suffix!r}; use .npy, .pt or an image "
-                             f"({', '.join(IMAGE_SUFFIXES)})")
+                             f"({', '.join(IMAGE_EXTENSIONS)})")
         batches.append(t)
     shapes = {tuple(b.shape[1:]) for b in batches}
     if len(shapes) > 1:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import BinaryConv2d, BinaryLinear
+from ..nn import BinaryConv2d, BinaryLinear, is_binary_layer
 from .modules import PackedConv2d, PackedLinear
 
 __all__ = ["LayerSummary", "ModelSummary", "summarize", "resolve_target"]
@@ -118,7 +118,7 @@ class ModelSummary:
 def _params(module: nn.Module) -> tuple[int, int]:
     """(1-bit, 32-bit) parameter counts of one module (its own, not its children's)."""
     own = list(module.parameters(recurse=False))
-    if isinstance(module, (BinaryConv2d, BinaryLinear)):  # with its quantizers' parameters
+    if is_binary_layer(module):  # with its quantizers' parameters
         nbin = module.weight.numel() if module.weight_quantizer is not None else 0
         return nbin, sum(p.numel() for p in module.parameters()) - nbin
     if isinstance(module, (PackedConv2d, PackedLinear)):
@@ -140,7 +140,7 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
 
 
 def _binary_input(module: nn.Module) -> bool:
-    if isinstance(module, (BinaryConv2d, BinaryLinear)):
+    if is_binary_layer(module):
         return module.weight_quantizer is not None and module.input_quantizer is not None
     if isinstance(module, (PackedConv2d, PackedLinear)):
         return module.binary_input

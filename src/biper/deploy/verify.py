@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import BinaryConv2d, BinaryLinear
+from ..nn import is_binary_layer
 
 __all__ = ["compare_models", "deployed_copy"]
 
@@ -39,7 +39,7 @@ def deployed_copy(model: nn.Module) -> tuple[nn.Module, bool]:
     model = copy.deepcopy(model).eval()
     soft = False
     for layer in model.modules():
-        if isinstance(layer, (BinaryConv2d, BinaryLinear)) and layer.weight_quantizer is not None:
+        if is_binary_layer(layer) and layer.weight_quantizer is not None:
             q = layer.weight_quantizer
             soft = soft or not torch.equal(layer.quantized_weight(), q.binary(layer.weight))
             layer.quantized_weight = lambda layer=layer: layer.weight_quantizer.binary(layer.weight)

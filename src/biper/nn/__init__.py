@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ALPHA_INITS, SCALINGS, BinaryConv2d, BinaryLinear, is_binary_layer
+from .layers import ALPHA_INITS, SCALINGS, BinaryConv2d, BinaryLinear, is_binary_layer, set_submodule
 
 __all__ = [
     "BinaryConv2d",
@@ -18,6 +18,7 @@ __all__ = [
     "SCALINGS",
     "ALPHA_INITS",
     "is_binary_layer",
+    "set_submodule",
     "binary_layers",
     "clip_latent_weights_",
     "regularization",

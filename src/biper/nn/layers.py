@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import BiperError, did_you_mean
 from ..quantizers import Quantizer, get_quantizer, list_quantizers
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "SCALINGS", "ALPHA_INITS", "is_binary_layer"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "SCALINGS", "ALPHA_INITS", "is_binary_layer", "set_submodule"]
 
 SCALINGS = ("learnable", "mean_abs", "gamma_opt", "none")
 ALPHA_INITS = ("uniform", "mean_abs", "ones")
@@ -258,4 +258,12 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
 
 
 def is_binary_layer(module: nn.Module) -> bool:
+    """True for a `BinaryConv2d` or `BinaryLinear`."""
     return isinstance(module, (BinaryConv2d, BinaryLinear))
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` of ``model`` by ``module``, in place."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

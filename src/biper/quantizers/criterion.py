@@ -1,6 +1,6 @@
 """The ProxConnect++ decomposition criterion, checked numerically, and a pair synthesizer.
 
-Reading implemented (SPEC section 3). A pair (F, B) is *sound* when the forward quantizer
+A pair (F, B) is *sound* when the forward quantizer
 factors as ``F = B o P`` with ``P`` a proximal quantizer, i.e. a nondecreasing 1-D map (every
 nondecreasing map is the proximal map of some regulariser). PC++ is then ProxConnect applied
 to the composite loss ``f o B``.

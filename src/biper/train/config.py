@@ -49,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.load import DATASETS
 from ..recipes import deep_merge
 from ..transform import BinarizeConfig
 from ..validate import (ConfigError, check_bool, check_choice, check_int, check_keys, check_mapping,
@@ -62,7 +63,6 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 WEIGHT_DECAY_ON = ("all", "conv_linear", "no_bias_norm")
 PRECISIONS = ("fp32", "bf16", "amp")
 TASKS = ("classification", "distillation")
-DATASETS = ("cifar10", "folder", "imagenet", "synthetic")
 
 
 class _Config:

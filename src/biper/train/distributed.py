@@ -1,23 +1,11 @@
 """Data-parallel training with PyTorch's own engine: torch.distributed, DDP, torchrun.
 
-One process per device. Every process holds a full replica of the model, reads its own
-shard of each batch, and ``DistributedDataParallel`` all-reduces (averages) the gradients
-during ``backward``, so after each optimizer step every replica holds the same weights. With a
-global batch ``B`` over ``W`` processes each rank takes ``B / W`` samples; the per-rank loss is
-the mean over its local batch and the averaged gradient equals the gradient of the mean loss
-over the global batch:
-
-    g = 1/W sum_r grad( 1/(B/W) sum_{i in shard r} l_i ) = grad( 1/B sum_i l_i )
-
-So a W-process run follows the one-process run with the same global batch, up to float
-rounding, whenever the loss of a sample does not depend on the other samples of its batch.
-BatchNorm in training mode breaks that: it normalises with the statistics of the *local*
-batch; ``sync_bn: true`` converts it to ``torch.nn.SyncBatchNorm`` (statistics over the global
-batch; CUDA only, as PyTorch's SyncBatchNorm has no CPU kernel).
-
-Quantizer schedules are functions of the step (``set_progress``), the sin^2 regulariser is a
-function of the weights, and DDP keeps the weights identical, so binarized layers, annealed
-parameters and the regulariser agree on every rank. `rank_divergence` measures it.
+One process per device; each holds a full replica, reads its own shard of each batch (global
+batch ``B`` over ``W`` processes: ``B / W`` each), and ``DistributedDataParallel`` averages the
+gradients in ``backward``, so every replica keeps the same weights and a W-process run follows
+the one-process run with the same global batch up to float rounding (except BatchNorm's local
+statistics; ``sync_bn: true`` uses ``torch.nn.SyncBatchNorm``, CUDA only). docs/distributed.md
+has the derivation; `rank_divergence` measures the agreement.
 
 Launch (torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``)::
 
