@@ -25,18 +25,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..theory import (
-    LIMITS,
-    QE_OPT_PEAK,
-    e_sin2,
-    frac_beyond_first_lobe,
-    frac_sign_flip,
-    gamma_opt,
-    qe,
-    qe_limit,
-    qe_opt,
-    qe_relative,
-)
+from ..theory import *  # noqa: F403 (the closed forms, eagerly)
+from ..theory import __all__ as _THEORY
 
 _LAZY = {
     "laplace_b": "measure",
@@ -58,16 +48,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "LIMITS",
-    "QE_OPT_PEAK",
-    "e_sin2",
-    "frac_beyond_first_lobe",
-    "frac_sign_flip",
-    "gamma_opt",
-    "qe",
-    "qe_limit",
-    "qe_opt",
-    "qe_relative",
+    *_THEORY,
     *_LAZY,
 ]
 

@@ -2,16 +2,5 @@
 
 from __future__ import annotations
 
-from ..theory.sine import (  # noqa: F401
-    LIMITS,
-    QE_OPT_PEAK,
-    __all__,
-    e_sin2,
-    frac_beyond_first_lobe,
-    frac_sign_flip,
-    gamma_opt,
-    qe,
-    qe_limit,
-    qe_opt,
-    qe_relative,
-)
+from ..theory.sine import *  # noqa: F403
+from ..theory.sine import __all__  # noqa: F401

@@ -10,16 +10,7 @@
   `export_checkpoint`, `load_packed`;
 - `summary`: Larq-style per-layer table of parameters, memory and MACs.
 
-Example::
-
-    >>> import os, tempfile, torch, biper
-    >>> from biper.deploy import export_model, load_packed
-    >>> model = biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()).eval()
-    >>> path = os.path.join(tempfile.mkdtemp(), "r20.biper")
-    >>> _ = export_model(model, path)
-    >>> packed = load_packed(path)
-    >>> packed(torch.randn(1, 3, 32, 32)).shape
-    torch.Size([1, 10])
+A round trip (export, load, same predictions) is the example of `biper.deploy.export`.
 """
 
 from __future__ import annotations

@@ -6,28 +6,5 @@
 
 from __future__ import annotations
 
-from .sine import (
-    LIMITS,
-    QE_OPT_PEAK,
-    e_sin2,
-    frac_beyond_first_lobe,
-    frac_sign_flip,
-    gamma_opt,
-    qe,
-    qe_limit,
-    qe_opt,
-    qe_relative,
-)
-
-__all__ = [
-    "LIMITS",
-    "QE_OPT_PEAK",
-    "e_sin2",
-    "frac_beyond_first_lobe",
-    "frac_sign_flip",
-    "gamma_opt",
-    "qe",
-    "qe_limit",
-    "qe_opt",
-    "qe_relative",
-]
+from .sine import *  # noqa: F403 (the package re-exports every closed form)
+from .sine import __all__  # noqa: F401

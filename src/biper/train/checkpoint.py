@@ -42,32 +42,13 @@ from pathlib import Path
 
 import torch  # noqa: F401 (the torch whose save writes checkpoints; tests patch it here)
 
-from ..checkpoint_file import (  # noqa: F401 (re-exported: the file format lives in the base layer)
-    FORMAT,
-    FORMAT_VERSION,
-    CheckpointError,
-    CheckpointWriteError,
-    load_checkpoint,
-    load_state_file,
-    read_checkpoint,
-    save_checkpoint,
-    state_digest,
-    weights_digest,
-)
+from ..checkpoint_file import *  # noqa: F403 (the file format lives in the base layer)
+from ..checkpoint_file import __all__ as _FORMAT
 from ..errors import BiperError
 from .run_files import clean_temp_files
 
 __all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "CheckpointError",
-    "CheckpointWriteError",
-    "state_digest",
-    "weights_digest",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_checkpoint",
-    "load_state_file",
+    *_FORMAT,
     "list_checkpoints",
     "latest_checkpoint",
     "checkpoint_name",
