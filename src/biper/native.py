@@ -14,10 +14,9 @@ torch already loaded, so they share its thread pool. When no compiler is found, 
 or ``BIPER_DISABLE_KERNELS=1`` is set, `NativeLibrary.load` returns None, the callers use their
 pure-PyTorch path and one line says why. ``BIPER_CACHE_DIR`` moves the cache.
 
-`tune_allocator` keeps glibc from returning large freed blocks to the kernel: without it every
-16 MB activation of a CPU training step is a fresh ``mmap`` whose pages fault in one by one
-(measured here: a one-pass kernel over a 256x16x32x32 tensor took 10 ms with a fresh output
-buffer and 2.3 ms with a reused one).
+`tune_allocator` keeps glibc from returning large freed blocks to the kernel, so that the large
+activations of a CPU training step reuse heap pages instead of faulting in fresh ``mmap`` ones
+(docs/training.md has the measurements).
 
 Example::
 

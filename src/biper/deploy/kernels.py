@@ -15,18 +15,11 @@ The operations of a binary layer (see `biper.deploy.modules`):
 * ``conv2d(...)``: pack + GEMM in one native call, the GEMM reading each output pixel's taps in
   place (implicit im2col); the reference path composes the three functions above.
 
-Technology choice (measured on this project's 2-vCPU AVX-512 machine, see docs/deploy.md): a
-single C file, ``csrc/bitkernels.c``, compiled on first use with the system C compiler (``cc -O3
--fopenmp -ffp-contract=off``; never ``-march=native``) into a per-user cache directory keyed by
-the hash of the source, compiler and flags (`biper.native`), and called through ctypes on tensor
-data pointers. Per-function ``target`` attributes build AVX-512 VPOPCNTDQ, AVX2 and portable
-variants into one binary and ``__builtin_cpu_supports`` picks one at run time. The AVX-512 GEMM
-runs at ~830-890 G binary MAC/s per core (~87 % of the xor/popcount/add port limit). Why not
-numba: a numba 0.68 port of the same loop measured 7-12x slower on the convolution GEMMs, and it
-adds llvmlite (~60 MB), a JIT compile in every process and a NumPy pin; why not a torch C++
-extension: it needs a C++ toolchain plus ninja and a rebuild for every torch version. The C code
-links against the OpenMP runtime that torch already loaded (same ``libgomp.so.1``), so the two
-share one thread pool.
+Build: one C file, ``csrc/bitkernels.c``, compiled on first use with the system C compiler
+(`biper.native`: per-user cache keyed by source, compiler and flags) and called through ctypes
+on tensor data pointers; per-function ``target`` attributes put AVX-512 VPOPCNTDQ, AVX2 and
+portable variants in one binary and ``__builtin_cpu_supports`` picks one at run time. It shares
+torch's OpenMP thread pool. docs/deploy.md has the measured speeds and the alternatives weighed.
 
 When no compiler is found, the build or load fails, or ``BIPER_DISABLE_KERNELS=1`` is set,
 every operation runs the pure-PyTorch reference below (bit-exact with the C path) and a

@@ -1,9 +1,8 @@
 """One-pass C kernels for the activation quantizers' training passes (float32 on the CPU).
 
-In eager PyTorch, ``sign(x)`` costs three passes over the activation tensor and the ReCU
-normalised-sign backward about ten; at CIFAR scale these memory-bound passes made a BiPer W1A1
-training step ~1.7x a float one. The kernels in ``csrc/fused.c`` do each job in one pass (two
-for the ReCU backward, whose second pass needs a per-sample sum from the first):
+In eager PyTorch, ``sign(x)`` costs several passes over the activation tensor (docs/training.md
+has the measured cost). The kernels in ``csrc/fused.c`` do each job in one pass (two for the
+ReCU backward, whose second pass needs a per-sample sum from the first):
 
 =========================  ======================================================  ======
 function                   computes                                                passes
