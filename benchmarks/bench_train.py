@@ -2,18 +2,19 @@
 
 Every configuration runs the engine's own `biper.train.step.train_step` (quantizer progress,
 learning rate, task loss with the sin^2 regulariser, non-finite check, backward, gradient
-clipping, SGD step, latent clipping) on batches of 256 from the trainer's loader. After a warm-up, the configurations take turns: each round times ``--steps`` steps of
-every configuration, and the median over ``--rounds`` rounds is extrapolated to one epoch of
-50,000 images (196 steps); the summary lines also give the ratios of the fastest rounds.
-Interleaving keeps the ratios fair when other processes share the CPU; the spread column shows
-how much the rounds disagreed.
-Evaluation is timed separately (10,000 test images). The baseline is the float ResNet-20 in
-eager float32 measured in the same process.
+clipping, SGD step, latent clipping) on batches of 256 from the trainer's loader. After a
+warm-up, the configurations take turns: each round times ``--steps`` steps of every configuration,
+and the median over ``--rounds`` rounds is extrapolated to one epoch of 50,000 images (196
+steps); the summary lines also give the ratios of the fastest rounds. Interleaving keeps the
+ratios fair when other processes share the CPU; the spread column shows how much the rounds
+disagreed. Evaluation is timed separately (10,000 test images). The baseline is the float
+ResNet-20 in eager float32 measured in the same process.
 
 Targets: BiPer W1A1 <= 0.35x eager float32, and <= 1.10x the same float model under the same
-settings (docs/training.md has the measurements). Like ``biper train``, the script first calls `biper.native.tune_allocator`
-(large freed blocks stay in the heap instead of faulting in fresh pages every step); it applies
-to every configuration, the baseline included. ``--no-malloc-tuning`` shows glibc's defaults.
+settings (docs/training.md has the measurements). Like ``biper train``, the script first calls
+`biper.native.tune_allocator` (large freed blocks stay in the heap instead of faulting in fresh
+pages every step); it applies to every configuration, the baseline included. 
+``--no-malloc-tuning`` shows glibc's defaults.
 
 Usage::
 

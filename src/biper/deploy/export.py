@@ -2,8 +2,9 @@
 
 `export_model(model, path)` packs the model (`pack_model`: 1 bit per binary weight, scale and
 BatchNorm folded into one per-channel affine), and writes the packed state with
-`fileformat.write_file`: full-precision layers as float32 tensors, the model's rebuild recipe
-(the model's `biper.models.ModelSpec`, header key ``model``), the layer swaps, the training config and the library version in the JSON header.
+`fileformat.write_file`: full-precision layers as float32 tensors, and in the JSON header the
+model's `biper.models.ModelSpec` (key ``model``), the layer swaps, the training config and the
+library version.
 `export_checkpoint` does the same from a training checkpoint.
 
 `load_packed(path)` rebuilds the architecture from the registry, redoes the swaps and loads the

@@ -127,7 +127,8 @@ def create_model(name: str, *, binarize: BinarizeConfig | dict | bool | None = N
     report = None
     if config is not None:
         extra = tuple(p for p in getattr(model, "fp_patterns", ()) if p not in config.exclude)
-        config = dataclasses.replace(config, exclude=config.exclude + extra)
+        if extra:  # a validated config plus known-good patterns: no second validation otherwise
+            config = dataclasses.replace(config, exclude=config.exclude + extra)
         report = binarize_(model, config)
     model.binarize_report = report
     model.model_spec = ModelSpec(name, num_classes, kwargs, config)
