@@ -13,7 +13,7 @@ ResNet-20 in eager float32 measured in the same process.
 Targets: BiPer W1A1 <= 0.35x eager float32, and <= 1.10x the same float model under the same
 settings (docs/training.md has the measurements). Like ``biper train``, the script first calls
 `biper.native.tune_allocator` (large freed blocks stay in the heap instead of faulting in fresh
-pages every step); it applies to every configuration, the baseline included. 
+pages every step); it applies to every configuration, the baseline included.
 ``--no-malloc-tuning`` shows glibc's defaults.
 
 Usage::
