@@ -520,25 +520,39 @@ static AI T256 __m256i narrow8(__m256i lo4, __m256i hi4) {
     return _mm256_permutevar8x32_epi32(both, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
 
-/* store_row for 8 channels n.. of row m (cnt < 8 masks the rest), same float operations. */
-static AI T256 void store8(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
-                           int64_t cnt, __m256i pc) {
-    const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)MIN(cnt, 8)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+/* store_row for 8 channels n.. of row m, same float operations.  Full groups use plain loads
+ * and stores (masked stores are slow on AMD CPUs); a tail of cnt < 8 channels is masked. */
+static AI T256 void store8_body(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
+                                __m256i pc, const int FULL, __m256i mk) {
     const int64_t at = m * g->N + n;
+#define LOAD_I(p) (FULL ? _mm256_loadu_si256((const __m256i *)(p)) : _mm256_maskload_epi32((p), mk))
+#define LOAD_F(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), mk))
     __m256i a = _mm256_sub_epi32(_mm256_set1_epi32((int)g->K), _mm256_slli_epi32(pc, 1));
-    if (crow) a = _mm256_sub_epi32(a, _mm256_maskload_epi32(crow + n, mk));
-    if (g->acc) _mm256_maskstore_epi32(g->acc + at, mk, a);
+    if (crow) a = _mm256_sub_epi32(a, LOAD_I(crow + n));
+    if (g->acc) {
+        if (FULL) _mm256_storeu_si256((__m256i *)(g->acc + at), a);
+        else _mm256_maskstore_epi32(g->acc + at, mk, a);
+    }
     if (g->y) {
-        const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_maskload_ps(g->scale + n, mk));
-        __m256 y = _mm256_add_ps(prod, _mm256_maskload_ps(g->shift + n, mk));
-        if (g->res) y = _mm256_add_ps(y, _mm256_maskload_ps(g->res + at, mk));
+        const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), LOAD_F(g->scale + n));
+        __m256 y = _mm256_add_ps(prod, LOAD_F(g->shift + n));
+        if (g->res) y = _mm256_add_ps(y, LOAD_F(g->res + at));
         if (g->clamp) { /* max/min return the second operand when one is NaN */
             y = _mm256_max_ps(_mm256_set1_ps(g->lo), y);
             y = _mm256_min_ps(_mm256_set1_ps(g->hi), y);
         }
-        _mm256_maskstore_ps(g->y + at, mk, y);
+        if (FULL) _mm256_storeu_ps(g->y + at, y);
+        else _mm256_maskstore_ps(g->y + at, mk, y);
     }
+#undef LOAD_I
+#undef LOAD_F
+}
+
+static AI T256 void store8(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
+                           int64_t cnt, __m256i pc) {
+    if (cnt >= 8) store8_body(g, m, crow, n, pc, 1, pc);
+    else store8_body(g, m, crow, n, pc, 0, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cnt),
+                                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 
 /* words v -> pairs (v & 0x0f.., (v >> 4) & 0x0f..) */
