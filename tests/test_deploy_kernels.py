@@ -238,6 +238,22 @@ def test_gemm_random_shapes_exact(native, isa):
 
 
 @pytest.mark.parametrize("isa", _isas())
+def test_gemm_split_over_threads_exact(native, isa):
+    """Work large enough to run in parallel (each thread with its own split panel buffer)."""
+    _use_isa(isa)
+    gen = torch.Generator().manual_seed(14)
+    m, n, k = 301, 99, 64 * 40 - 7
+    a, w = pack_bits(torch.randn(m, k, generator=gen)), pack_bits(torch.randn(n, k, generator=gen))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        acc, _ = kernels.gemm(a, kernels.panel(w), n, k)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(acc, _brute_force(a, w, k))
+
+
+@pytest.mark.parametrize("isa", _isas())
 def test_conv_random_shapes_exact(native, isa):
     """Implicit-im2col convolutions of random geometry and batch: native = reference (atol = 0)."""
     _use_isa(isa)

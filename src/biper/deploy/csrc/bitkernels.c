@@ -7,7 +7,7 @@
  * chosen at run time with __builtin_cpu_supports:
  *
  *   2  AVX-512F + VPOPCNTDQ   vpopcntq on 8 channels per vector, 4 rows x 32 channels in registers
- *   1  AVX2                   nibble-LUT popcount (vpshufb + vpsadbw), 4 rows x 8 channels
+ *   1  AVX2                   nibble-LUT popcount (vpshufb, byte counters), 2 rows x 16 channels
  *   0  portable C             __builtin_popcountll (the POPCNT instruction on x86 that has it)
  *
  * Conventions shared with the Python side (biper/deploy/bitpack.py):
@@ -487,9 +487,11 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_
  * vpsadbw per accumulator folds them into 64-bit lane sums.  With enough rows the packed
  * activations and each weight panel are first split into nibbles, lo = v & 0x0f.. and
  * hi = (v >> 4) & 0x0f.. (two words each), since (a ^ w) & 0x0f.. = (a & 0x0f..) ^ (w & 0x0f..):
- * an XOR'ed vector then costs 2 vpxor + 2 vpshufb + 2 vpaddb.  Register tiles (16 ymm):
- * split, up to 4 rows x 8 channels (8 byte accumulators); few rows (batch-1 linear layers),
- * 1 row x 32 channels on the unsplit words, reading each weight panel once, in order.
+ * an XOR'ed vector then costs 2 vpxor + 2 vpshufb + 2 vpaddb (4 more without the split).
+ * Register tiles (16 ymm): split, TILE_ROWS rows x 4*NV_SPLIT channels (8 byte accumulators);
+ * few rows (batch-1 linear layers), 1 row x 32 channels on the unsplit words, reading each
+ * weight panel once, in order.  The epilogue works on 8 channels per vector.  Packing: 8 floats
+ * -> 8 bits per compare + vmovmskps (channels-first through an 8x8 bit transpose).
  * ---------------------------------------------------------------------------------------- */
 #define NIBBLES 0x0f0f0f0f0f0f0f0fULL
 #define BYTE_WORDS 31  /* words whose byte counts (<= 8 each) fit an unsigned byte */
@@ -578,8 +580,8 @@ static T256 void split_panel(const uint64_t *wp, int64_t kwd, uint64_t *ws) {
  * shifted to channel n's column. */
 static AI T256 void tile_split(const gemm_t *g, int64_t m, const uint64_t **tap,
                                const int32_t **crow, const uint64_t *ws, int64_t n,
-                               const int MR, const int NV) {
-    const int64_t T = g->KH * g->KW, CW = g->CW / 2; /* g: the split problem */
+                               const int MR, const int NV, const int ONEWORD) {
+    const int64_t T = g->KH * g->KW, CW = ONEWORD ? 1 : g->CW / 2; /* g: the split problem */
     const __m256i lut = lut256(), zero = _mm256_setzero_si256();
     __m256i acc[4][4], wide[4][4];
     for (int r = 0; r < MR; ++r)
@@ -651,7 +653,10 @@ static T256 void row_direct(const gemm_t *g, int64_t m, const uint64_t **tap, co
 
 #define BIPER_TILE256(R)                                                                          \
     static T256 void tile256_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
-                                 const uint64_t *ws, int64_t n) { tile_split(g, m, t, c, ws, n, R, NV_SPLIT); }
+                                 const uint64_t *ws, int64_t n) {                                 \
+        if (g->CW == 2) tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 1); /* one word per tap */        \
+        else tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 0);                                       \
+    }
 BIPER_TILE256(4)
 BIPER_TILE256(3)
 BIPER_TILE256(2)
