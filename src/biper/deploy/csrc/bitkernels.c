@@ -502,6 +502,9 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_
 #ifndef MGROUP256
 #define MGROUP256 16   /* row blocks of 4 per task with split panels */
 #endif
+#ifndef ONEWORD_NV
+#define ONEWORD_NV 4   /* vectors per 1-row tile when taps are one word */
+#endif
 #ifndef TILE_ROWS
 #define TILE_ROWS 2    /* rows per split tile (measured best on Zen 2: 2 x 16 channels) */
 #endif
@@ -583,7 +586,7 @@ static AI T256 void tile_split(const gemm_t *g, int64_t m, const uint64_t **tap,
                                const int MR, const int NV, const int ONEWORD) {
     const int64_t T = g->KH * g->KW, CW = ONEWORD ? 1 : g->CW / 2; /* g: the split problem */
     const __m256i lut = lut256(), zero = _mm256_setzero_si256();
-    __m256i acc[4][4], wide[4][4];
+    __m256i acc[4][8], wide[4][8];
     for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = wide[r][v] = zero;
     int left = BYTE_WORDS;
@@ -654,14 +657,17 @@ static T256 void row_direct(const gemm_t *g, int64_t m, const uint64_t **tap, co
 #define BIPER_TILE256(R)                                                                          \
     static T256 void tile256_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
                                  const uint64_t *ws, int64_t n) {                                 \
-        if (g->CW == 2) tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 1); /* one word per tap */        \
-        else tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 0);                                       \
+        tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 0);                                            \
     }
 BIPER_TILE256(4)
 BIPER_TILE256(3)
 BIPER_TILE256(2)
 BIPER_TILE256(1)
 typedef char tile_rows_check[TILE_ROWS >= 1 && TILE_ROWS <= 4 && NV_SPLIT % 2 == 0 && NV_SPLIT <= 4 ? 1 : -1];
+
+/* one word per tap (C <= 64): 1 row x the whole panel */
+static T256 void tile256_1w(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c,
+                            const uint64_t *ws, int64_t n) { tile_split(g, m, t, c, ws, n, 1, ONEWORD_NV, 1); }
 
 typedef void (*tile_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_t **, const uint64_t *, int64_t);
 
@@ -695,6 +701,7 @@ static void gemm256(const gemm_t *g, int nthreads) {
     const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
     const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
     const int64_t work = g->M * g->N * KWD;
+    const int oneword = g->CW == 1; /* one word per tap: 1-row tiles measured best */
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (work > PAR_GEMM)
     for (int64_t task = 0; task < ntask; ++task) {
@@ -710,9 +717,14 @@ static void gemm256(const gemm_t *g, int nthreads) {
             if (ws) split_panel(wp, KWD, ws);
             for (int64_t mb = mb0; mb < mb1; ++mb) {
                 const int64_t m = mb * 4, mr = MIN(4, g->M - m), r0 = (mb - mb0) * 4;
-                for (int64_t s = 0; s < PANEL; s += 4 * NV_SPLIT) {
+                for (int64_t s = 0; s < PANEL; s += 4 * (oneword ? ONEWORD_NV : NV_SPLIT)) {
                     if (nb * PANEL + s >= g->N) break;
-                    if (ws) for (int64_t q = 0; q < mr; q += TILE_ROWS) tiles[MIN(TILE_ROWS, mr - q)](&gs, m + q, tap + (r0 + q) * TMAX, crow + r0 + q, ws + s, nb * PANEL + s);
+                    if (ws && oneword)
+                        for (int64_t q = 0; q < mr; ++q)
+                            tile256_1w(&gs, m + q, tap + (r0 + q) * TMAX, crow + r0 + q, ws + s, nb * PANEL + s);
+                    else if (ws)
+                        for (int64_t q = 0; q < mr; q += TILE_ROWS)
+                            tiles[MIN(TILE_ROWS, mr - q)](&gs, m + q, tap + (r0 + q) * TMAX, crow + r0 + q, ws + s, nb * PANEL + s);
                     else if (s == 0)
                         for (int64_t r = 0; r < mr; ++r)
                             row_direct(g, m + r, tap + (r0 + r) * TMAX, crow + r0 + r, wp, nb * PANEL);
