@@ -488,9 +488,9 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_
  * activations and each weight panel are first split into nibbles, lo = v & 0x0f.. and
  * hi = (v >> 4) & 0x0f.. (two words each), since (a ^ w) & 0x0f.. = (a & 0x0f..) ^ (w & 0x0f..):
  * an XOR'ed vector then costs 2 vpxor + 2 vpshufb + 2 vpaddb (4 more without the split).
- * Register tiles (16 ymm): split, TILE_ROWS rows x 4*NV_SPLIT channels (8 byte accumulators);
- * few rows (batch-1 linear layers), 1 row x 32 channels on the unsplit words, reading each
- * weight panel once, in order.  The epilogue works on 8 channels per vector.  Packing: 8 floats
+ * Register tiles (16 ymm): split, TILE_ROWS rows x 4*NV_SPLIT channels (8 byte accumulators),
+ * or 1 row x 4*ONEWORD_NV channels when each tap is one word (C <= 64); few rows (batch-1
+ * linear layers), 1 row x 32 channels on the unsplit words, reading each panel once, in order.  The epilogue works on 8 channels per vector.  Packing: 8 floats
  * -> 8 bits per compare + vmovmskps (channels-first through an 8x8 bit transpose).
  * ---------------------------------------------------------------------------------------- */
 #define NIBBLES 0x0f0f0f0f0f0f0f0fULL
@@ -703,6 +703,7 @@ static void gemm256(const gemm_t *g, int nthreads) {
     const int64_t work = g->M * g->N * KWD;
     const int oneword = g->CW == 1; /* one word per tap: 1-row tiles measured best */
     (void)nthreads;
+    (void)work;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (work > PAR_GEMM)
     for (int64_t task = 0; task < ntask; ++task) {
         const uint64_t *tap[4 * MGROUP256 * TMAX];
