@@ -192,3 +192,107 @@ def test_inconsistent_arguments_are_refused_before_native_code():
             wrong[11] = torch.zeros(5)
         with pytest.raises(ValueError):
             kernels.conv2d(*wrong)
+
+
+# -- random shapes: every tail of the register tiles, every ISA the CPU has ---------------------
+def _random_gemm_shapes(count, seed):
+    """(M, N, K): rows around the split threshold, the row tiles (2, 4) and task groups (64 rows),
+    channels around the vector (4, 8, 16) and panel (32) widths, K not a multiple of 64 and past
+    the 31 words a byte counter holds."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = lambda values: values[int(torch.randint(len(values), (1,), generator=gen))]  # noqa: E731
+    shapes = []
+    for _ in range(count):
+        m = pick([1, 2, 3, 5, 7, 8, 9, 11, 13, 63, 65, 66, 67, 130])
+        n = pick([1, 3, 4, 7, 9, 15, 17, 31, 33, 40, 47, 64, 65, 100])
+        k = pick([1, 63, 65, 127, 200, 64 * 31, 64 * 31 + 1, 64 * 32 - 3, 64 * 62 + 5, 64 * 70 - 1])
+        shapes.append((m, n, k))
+    return shapes
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_gemm_random_shapes_exact(native, isa):
+    """Integer sums equal brute-force popcounts and the float epilogue equals the reference
+    bit for bit (atol = 0), with correction rows, residual and clamp."""
+    _use_isa(isa)
+    for i, (m, n, k) in enumerate(_random_gemm_shapes(24, seed=11)):
+        gen = torch.Generator().manual_seed(i)
+        xa, xw = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+        xa[: (m + 1) // 2].abs_().neg_()  # all bits set against all clear: every byte counts 8
+        xw[: (n + 1) // 2].abs_()
+        a, w = pack_bits(xa), pack_bits(xw)
+        pixels = 1 if m % 2 else 2 if m % 4 else m  # correction rows repeat every `pixels` rows
+        corr = torch.randint(-40, 40, (pixels, n), generator=gen, dtype=torch.int32)
+        scale, shift = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+        res = torch.randn(m, n, generator=gen)
+        res[0, 0] = float("nan")  # NaN survives the clamp, as in torch.clamp
+        kwargs = dict(pixels=pixels, corr=corr, scale=scale, shift=shift, residual=res, clamp=(-1.5, 2.0))
+        acc, y = kernels.gemm(a, kernels.panel(w), n, k, **kwargs)
+        expected = (_brute_force(a, w, k).view(m // pixels, pixels, n) - corr).view(m, n)
+        assert torch.equal(acc, expected), (m, n, k)
+        ref_acc, ref_y = _run_reference(kernels.gemm, a, kernels.panel(w), n, k, **kwargs)
+        assert torch.equal(ref_acc, expected)
+        assert torch.equal(y.view(torch.int32), ref_y.view(torch.int32)), (m, n, k)  # bit patterns, NaN too
+        plain, none = kernels.gemm(a, kernels.panel(w), n, k)  # int32 only, no correction
+        assert none is None and torch.equal(plain, _brute_force(a, w, k))
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_gemm_split_over_threads_exact(native, isa):
+    """Work large enough to run in parallel (each thread with its own split panel buffer)."""
+    _use_isa(isa)
+    gen = torch.Generator().manual_seed(14)
+    m, n, k = 301, 99, 64 * 40 - 7
+    a, w = pack_bits(torch.randn(m, k, generator=gen)), pack_bits(torch.randn(n, k, generator=gen))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        acc, _ = kernels.gemm(a, kernels.panel(w), n, k)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(acc, _brute_force(a, w, k))
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_conv_random_shapes_exact(native, isa):
+    """Implicit-im2col convolutions of random geometry and batch: native = reference (atol = 0)."""
+    _use_isa(isa)
+    gen = torch.Generator().manual_seed(12)
+    for i in range(14):
+        c = [1, 3, 17, 64, 65, 100, 130, 200][i % 8]
+        n = [1, 5, 16, 33, 70][i % 5]
+        kh, kw = [(3, 3), (1, 1), (3, 1), (2, 3), (5, 5)][i % 5]
+        stride, pad = (1 + i % 2, 1 + (i // 3) % 2), (i % 3, (i + 1) % 3)
+        b, h, w = 1 + i % 3, 5 + i % 4, 6 + (i * 3) % 5
+        x = torch.randn(b, c, h, w, generator=gen)
+        x[0, 0, 0, :2] = torch.tensor([0.0, -0.0])
+        words = pack_bits(torch.randn(n, kh * kw, c, generator=gen)).reshape(n, -1)
+        oh, ow = kernels.conv_output_size(h, w, (kh, kw), stride, pad, (1, 1))
+        scale, shift = torch.rand(n, generator=gen), torch.randn(n, generator=gen)
+        thr = torch.randn(c, generator=gen) * 0.3 if i % 2 else None
+        fill = torch.zeros(n_words(c), dtype=torch.int64)
+        res = torch.randn(b * oh * ow, n, generator=gen)
+        for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+            call = (xin, thr, kernels.panel(words), n, (kh, kw), stride, pad, (1, 1), fill, None, scale, shift, True)
+            acc, y = kernels.conv2d(*call, residual=res, clamp=(-2.0, 2.0))
+            ref_acc, ref_y = _run_reference(kernels.conv2d, *call, residual=res, clamp=(-2.0, 2.0))
+            assert torch.equal(acc, ref_acc) and torch.equal(y, ref_y), (i, c, n, kh, kw, stride, pad, b)
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_packers_random_shapes_exact(native, isa):
+    """Both packers, every channel tail, thresholds, zeros of both signs and NaN."""
+    _use_isa(isa)
+    gen = torch.Generator().manual_seed(13)
+    for c in (1, 7, 8, 9, 63, 64, 65, 130, 257):
+        for hw in (1, 5, 8, 63, 64, 65, 196):
+            x = torch.randn(2, c, hw, generator=gen)
+            flat = x.view(-1)
+            flat[:: 7] = 0.0
+            flat[3:: 11] = -0.0
+            flat[5:: 13] = float("nan")
+            thr = torch.randn(c, generator=gen) * 0.5
+            for t in (None, thr):
+                assert torch.equal(kernels.pack(x, t), _run_reference(kernels.pack, x, t)), (c, hw)
+                rows = x.transpose(1, 2).reshape(-1, c).contiguous()
+                assert torch.equal(kernels.pack_rows(rows, t), _run_reference(kernels.pack_rows, rows, t)), (c, hw)

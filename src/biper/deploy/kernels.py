@@ -24,7 +24,8 @@ torch's OpenMP thread pool. docs/deploy.md has the measured speeds and the alter
 When no compiler is found, the build or load fails, or ``BIPER_DISABLE_KERNELS=1`` is set,
 every operation runs the pure-PyTorch reference below (bit-exact with the C path) and a
 one-line notice is logged once. ``BIPER_KERNEL_ISA=avx512|avx2|portable`` caps the dispatch and
-``BIPER_CACHE_DIR`` moves the cache.
+``BIPER_CACHE_DIR`` moves the cache. Loading the kernels also applies `biper.native.tune_allocator`
+(``BIPER_MALLOC_TUNING=0`` keeps glibc's defaults).
 
 Example::
 
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..native import NativeLibrary
+from ..native import NativeLibrary, tune_allocator
 from .bitpack import WORD_BITS, n_words, pack_bits, unpack_bits
 
 __all__ = [
@@ -82,14 +83,17 @@ def _isa_index(name: str) -> int:
     return ISA_NAMES.index(name)
 
 
-def _cap_isa(lib: ctypes.CDLL) -> None:
-    """On load: apply ``BIPER_KERNEL_ISA`` (an unknown name fails the load, hence the fallback)."""
+def _on_load(lib: ctypes.CDLL) -> None:
+    """On load: apply ``BIPER_KERNEL_ISA`` (an unknown name fails the load, hence the fallback),
+    and keep large freed blocks in the heap (`tune_allocator`; ``BIPER_MALLOC_TUNING=0`` opts
+    out) so that each layer's output does not fault in fresh pages."""
     cap = os.environ.get("BIPER_KERNEL_ISA")
     if cap:
         lib.biper_set_isa(_isa_index(cap))
+    tune_allocator()
 
 
-_LIB = NativeLibrary(SOURCE, ABI, "biper_abi", _declare, "fast binary kernels", log, on_load=_cap_isa)
+_LIB = NativeLibrary(SOURCE, ABI, "biper_abi", _declare, "fast binary kernels", log, on_load=_on_load)
 _state = _LIB.state
 _load = _LIB.load
 reset = _LIB.reset

@@ -7,7 +7,7 @@
  * chosen at run time with __builtin_cpu_supports:
  *
  *   2  AVX-512F + VPOPCNTDQ   vpopcntq on 8 channels per vector, 4 rows x 32 channels in registers
- *   1  AVX2                   nibble-LUT popcount (vpshufb + vpsadbw), 4 rows x 8 channels
+ *   1  AVX2                   nibble-LUT popcount (vpshufb, byte counters), 2 rows x 16 channels
  *   0  portable C             __builtin_popcountll (the POPCNT instruction on x86 that has it)
  *
  * Conventions shared with the Python side (biper/deploy/bitpack.py):
@@ -24,6 +24,8 @@
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(BIPER_PORTABLE_ONLY)
 #define BIPER_X86 1
 #include <immintrin.h>
+#define T256 __attribute__((target("avx2")))
+#define AI inline __attribute__((always_inline))
 #endif
 
 #define BIPER_ABI 5
@@ -77,29 +79,21 @@ int biper_get_isa(void) {
  * ---------------------------------------------------------------------------------------- */
 #define PACK_CHUNK 64
 
-void biper_pack(const float *x, int64_t B, int64_t C, int64_t HW, const float *thr,
-                uint64_t *out, int nthreads) {
+static void pack_chunk_portable(const float *x, int64_t b, int64_t C, int64_t HW, const float *thr,
+                                int64_t p0, int64_t np, uint64_t *out) {
     const int64_t CW = (C + 63) / 64;
-    const int64_t nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
-    const int64_t ntask = B * nchunk;
-    (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * C * HW > PAR_PACK)
-    for (int64_t task = 0; task < ntask; ++task) {
-        const int64_t b = task / nchunk, p0 = (task % nchunk) * PACK_CHUNK;
-        const int64_t np = MIN(PACK_CHUNK, HW - p0);
-        uint64_t tmp[PACK_CHUNK];
-        for (int64_t w = 0; w < CW; ++w) {
-            memset(tmp, 0, sizeof(tmp));
-            const int64_t nc = MIN(64, C - 64 * w);
-            for (int64_t j = 0; j < nc; ++j) {
-                const int64_t c = 64 * w + j;
-                const float t = thr ? thr[c] : 0.0f;
-                const float *xc = x + (b * C + c) * HW + p0;
-                for (int64_t q = 0; q < np; ++q)
-                    tmp[q] |= (uint64_t)((xc[q] - t) < 0.0f) << j;
-            }
-            for (int64_t q = 0; q < np; ++q) out[(b * HW + p0 + q) * CW + w] = tmp[q];
+    uint64_t tmp[PACK_CHUNK];
+    for (int64_t w = 0; w < CW; ++w) {
+        memset(tmp, 0, sizeof(tmp));
+        const int64_t nc = MIN(64, C - 64 * w);
+        for (int64_t j = 0; j < nc; ++j) {
+            const int64_t c = 64 * w + j;
+            const float t = thr ? thr[c] : 0.0f;
+            const float *xc = x + (b * C + c) * HW + p0;
+            for (int64_t q = 0; q < np; ++q)
+                tmp[q] |= (uint64_t)((xc[q] - t) < 0.0f) << j;
         }
+        for (int64_t q = 0; q < np; ++q) out[(b * HW + p0 + q) * CW + w] = tmp[q];
     }
 }
 
@@ -141,6 +135,93 @@ pack_rows_avx512(const float *x, int64_t r0, int64_t r1, int64_t C, const float 
 }
 #endif
 
+#ifdef BIPER_X86
+/* AVX2 packers: 8 floats -> 8 bits with vcmpltps + vmovmskps, masked loads at the tails.
+ * (x - 0) < 0 equals x < 0 for every float (NaN included), so no threshold means no subtraction. */
+static AI T256 __m256i first_lanes(int64_t cnt) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)MIN(cnt, 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* bits of (x[i] - t[i]) < 0 for i < MIN(cnt, 8); t: 8 thresholds, or broadcast when tstep is 0 */
+static AI T256 uint64_t signs8(const float *x, const float *t, int tstep, int64_t cnt) {
+    __m256 v;
+    if (cnt >= 8) {
+        v = _mm256_loadu_ps(x);
+        if (t) v = _mm256_sub_ps(v, tstep ? _mm256_loadu_ps(t) : _mm256_set1_ps(*t));
+    } else {
+        const __m256i mk = first_lanes(cnt);
+        v = _mm256_maskload_ps(x, mk);
+        if (t) v = _mm256_sub_ps(v, tstep ? _mm256_maskload_ps(t, mk) : _mm256_set1_ps(*t));
+    }
+    return (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+static T256 void pack_rows_avx2(const float *x, int64_t r0, int64_t r1, int64_t C, const float *thr,
+                                uint64_t *out) {
+    const int64_t CW = (C + 63) / 64;
+    for (int64_t r = r0; r < r1; ++r)
+        for (int64_t w = 0; w < CW; ++w) {
+            uint64_t word = 0;
+            for (int q = 0; q < 8; ++q) {
+                const int64_t c = 64 * w + 8 * q;
+                if (c >= C) break;
+                word |= signs8(x + r * C + c, thr ? thr + c : 0, 1, C - c) << (8 * q);
+            }
+            out[r * CW + w] = word;
+        }
+}
+
+/* bit (8i + j) <-> bit (8j + i) */
+static inline uint64_t transpose8x8(uint64_t v) {
+    uint64_t t = (v ^ (v >> 7)) & 0x00AA00AA00AA00AAULL;
+    v ^= t ^ (t << 7);
+    t = (v ^ (v >> 14)) & 0x0000CCCC0000CCCCULL;
+    v ^= t ^ (t << 14);
+    t = (v ^ (v >> 28)) & 0x00000000F0F0F0F0ULL;
+    return v ^ t ^ (t << 28);
+}
+
+/* Channels-first, pixels p0 .. p0+np-1 of sample b: blocks of 8 channels x 8 pixels, each
+ * channel's 8 pixel bits from one compare, then an 8x8 bit transpose. */
+static T256 void pack_chunk_avx2(const float *x, int64_t b, int64_t C, int64_t HW, const float *thr,
+                                 int64_t p0, int64_t np, uint64_t *out) {
+    const int64_t CW = (C + 63) / 64;
+    for (int64_t w = 0; w < CW; ++w) {
+        uint64_t tmp[PACK_CHUNK] = {0};
+        const int64_t nc = MIN(64, C - 64 * w);
+        for (int64_t j0 = 0; j0 < nc; j0 += 8)
+            for (int64_t q0 = 0; q0 < np; q0 += 8) {
+                uint64_t m = 0;
+                for (int64_t j = j0; j < MIN(nc, j0 + 8); ++j) {
+                    const int64_t c = 64 * w + j;
+                    m |= signs8(x + (b * C + c) * HW + p0 + q0, thr ? thr + c : 0, 0, np - q0) << (8 * (j - j0));
+                }
+                m = transpose8x8(m); /* byte i: channels j0.. of pixel q0 + i */
+                for (int64_t i = 0; i < MIN(8, np - q0); ++i) tmp[q0 + i] |= ((m >> (8 * i)) & 0xff) << j0;
+            }
+        for (int64_t q = 0; q < np; ++q) out[(b * HW + p0 + q) * CW + w] = tmp[q];
+    }
+}
+#endif
+
+void biper_pack(const float *x, int64_t B, int64_t C, int64_t HW, const float *thr,
+                uint64_t *out, int nthreads) {
+    const int64_t nchunk = (HW + PACK_CHUNK - 1) / PACK_CHUNK;
+    const int64_t ntask = B * nchunk;
+    const int isa = biper_get_isa();
+    (void)nthreads;
+    (void)isa;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * C * HW > PAR_PACK)
+    for (int64_t task = 0; task < ntask; ++task) {
+        const int64_t b = task / nchunk, p0 = (task % nchunk) * PACK_CHUNK;
+        const int64_t np = MIN(PACK_CHUNK, HW - p0);
+#ifdef BIPER_X86
+        if (isa == 1) { pack_chunk_avx2(x, b, C, HW, thr, p0, np, out); continue; }
+#endif
+        pack_chunk_portable(x, b, C, HW, thr, p0, np, out);
+    }
+}
+
 void biper_pack_rows(const float *x, int64_t R, int64_t C, const float *thr, uint64_t *out,
                      int nthreads) {
     const int64_t nchunk = (R + 63) / 64;
@@ -152,6 +233,9 @@ void biper_pack_rows(const float *x, int64_t R, int64_t C, const float *thr, uin
         const int64_t r0 = t * 64, r1 = MIN(R, r0 + 64);
 #if defined(BIPER_X86) && !defined(BIPER_NO_AVX512)
         if (isa == 2) { pack_rows_avx512(x, r0, r1, C, thr, out); continue; }
+#endif
+#ifdef BIPER_X86
+        if (isa == 1) { pack_rows_avx2(x, r0, r1, C, thr, out); continue; }
 #endif
         pack_rows_portable(x, r0, r1, C, thr, out);
     }
@@ -390,66 +474,268 @@ BIPER_ROWS512(2)
 BIPER_ROWS512(1)
 #endif /* BIPER_NO_AVX512 */
 
-/* -- AVX2: popcount of each 64-bit lane by nibble lookup (Mula's method) ---------------- */
-#define T256 __attribute__((target("avx2")))
-
-static inline __attribute__((always_inline)) T256 __m256i popcnt256(__m256i v) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    const __m256i lo = _mm256_and_si256(v, low);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    const __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-    return _mm256_sad_epu8(cnt, _mm256_setzero_si256());
-}
-
-/* MR rows x one panel, 8 channels (2 vectors of 4) at a time. */
-static inline __attribute__((always_inline)) T256 void
-body256(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow, int64_t nb,
-        const int MR) {
-    const int64_t T = g->KH * g->KW, CW = g->CW, KWD = T * CW;
-    {
-        const int64_t n0 = nb * PANEL;
-        for (int s = 0; s < PANEL; s += 8) {
-            if (n0 + s >= g->N) break;
-            const uint64_t *wk = g->Wp + nb * KWD * PANEL + s;
-            __m256i acc[4][2];
-            for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-            for (int64_t t = 0; t < T; ++t) {
-                const uint64_t *ap[4];
-                for (int r = 0; r < MR; ++r) ap[r] = tap[r * TMAX + t];
-                for (int64_t w = 0; w < CW; ++w, wk += PANEL) {
-                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)wk);
-                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wk + 4));
-                    for (int r = 0; r < MR; ++r) {
-                        const __m256i a = _mm256_set1_epi64x((long long)ap[r][w]);
-                        acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt256(_mm256_xor_si256(a, w0)));
-                        acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt256(_mm256_xor_si256(a, w1)));
-                    }
-                }
-            }
-            for (int r = 0; r < MR; ++r) {
-                int64_t pc[8];
-                _mm256_storeu_si256((__m256i *)pc, acc[r][0]);
-                _mm256_storeu_si256((__m256i *)(pc + 4), acc[r][1]);
-                store_row(g, m + r, crow[r], n0 + s, MIN(8, g->N - n0 - s), pc);
-            }
-        }
-    }
-}
-
-#define BIPER_ROWS256(R)                                                                          \
-    static T256 void rows256_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
-                                 int64_t nb) { body256(g, m, t, c, nb, R); }
-BIPER_ROWS256(4)
-BIPER_ROWS256(3)
-BIPER_ROWS256(2)
-BIPER_ROWS256(1)
 #endif /* BIPER_X86 */
 
 typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_t **, int64_t);
 
 #define MGROUP 8 /* row blocks of 4 per task: one weight panel is reused from L1 across them */
+
+#ifdef BIPER_X86
+/* -- AVX2 -------------------------------------------------------------------------------
+ * No vector popcount: a byte's count is two 16-entry table lookups (vpshufb) of its nibbles.
+ * Byte counts accumulate over up to BYTE_WORDS words (31 * 8 = 248 fits a byte) before one
+ * vpsadbw per accumulator folds them into 64-bit lane sums.  With enough rows the packed
+ * activations and each weight panel are first split into nibbles, lo = v & 0x0f.. and
+ * hi = (v >> 4) & 0x0f.. (two words each), since (a ^ w) & 0x0f.. = (a & 0x0f..) ^ (w & 0x0f..):
+ * an XOR'ed vector then costs 2 vpxor + 2 vpshufb + 2 vpaddb (4 more without the split).
+ * Register tiles (16 ymm): split, TILE_ROWS rows x 4*NV_SPLIT channels (8 byte accumulators),
+ * or 1 row x 4*ONEWORD_NV channels when each tap is one word (C <= 64); few rows (batch-1
+ * linear layers), 1 row x 32 channels on the unsplit words, reading each panel once, in order.  The epilogue works on 8 channels per vector.  Packing: 8 floats
+ * -> 8 bits per compare + vmovmskps (channels-first through an 8x8 bit transpose).
+ * ---------------------------------------------------------------------------------------- */
+#define NIBBLES 0x0f0f0f0f0f0f0f0fULL
+#define BYTE_WORDS 31  /* words whose byte counts (<= 8 each) fit an unsigned byte */
+#define SPLIT_ROWS 8   /* fewer rows: the weight split would cost as much as the product */
+#ifndef NV_SPLIT
+#define NV_SPLIT 4     /* vectors of 4 channels per row in a split tile */
+#endif
+#ifndef MGROUP256
+#define MGROUP256 16   /* row blocks of 4 per task with split panels */
+#endif
+#ifndef ONEWORD_NV
+#define ONEWORD_NV 4   /* vectors per 1-row tile when taps are one word */
+#endif
+#ifndef TILE_ROWS
+#define TILE_ROWS 2    /* rows per split tile (measured best on Zen 2: 2 x 16 channels) */
+#endif
+#ifdef _OPENMP
+#define THREAD_ID omp_get_thread_num()
+#else
+#define THREAD_ID 0
+#endif
+
+static AI T256 __m256i lut256(void) {
+    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
+
+/* Lane sums of channels c..c+3 and c+4..c+7 (64-bit, < 2^31) -> 8 int32 in channel order. */
+static AI T256 __m256i narrow8(__m256i lo4, __m256i hi4) {
+    const __m256i both = _mm256_or_si256(lo4, _mm256_slli_epi64(hi4, 32)); /* c0 c4 c1 c5 .. */
+    return _mm256_permutevar8x32_epi32(both, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+/* store_row for 8 channels n.. of row m, same float operations.  Full groups use plain loads
+ * and stores (masked stores are slow on AMD CPUs); a tail of cnt < 8 channels is masked. */
+static AI T256 void store8_body(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
+                                __m256i pc, const int FULL, __m256i mk) {
+    const int64_t at = m * g->N + n;
+#define LOAD_I(p) (FULL ? _mm256_loadu_si256((const __m256i *)(p)) : _mm256_maskload_epi32((p), mk))
+#define LOAD_F(p) (FULL ? _mm256_loadu_ps(p) : _mm256_maskload_ps((p), mk))
+    __m256i a = _mm256_sub_epi32(_mm256_set1_epi32((int)g->K), _mm256_slli_epi32(pc, 1));
+    if (crow) a = _mm256_sub_epi32(a, LOAD_I(crow + n));
+    if (g->acc) {
+        if (FULL) _mm256_storeu_si256((__m256i *)(g->acc + at), a);
+        else _mm256_maskstore_epi32(g->acc + at, mk, a);
+    }
+    if (g->y) {
+        const __m256 prod = _mm256_mul_ps(_mm256_cvtepi32_ps(a), LOAD_F(g->scale + n));
+        __m256 y = _mm256_add_ps(prod, LOAD_F(g->shift + n));
+        if (g->res) y = _mm256_add_ps(y, LOAD_F(g->res + at));
+        if (g->clamp) { /* max/min return the second operand when one is NaN */
+            y = _mm256_max_ps(_mm256_set1_ps(g->lo), y);
+            y = _mm256_min_ps(_mm256_set1_ps(g->hi), y);
+        }
+        if (FULL) _mm256_storeu_ps(g->y + at, y);
+        else _mm256_maskstore_ps(g->y + at, mk, y);
+    }
+#undef LOAD_I
+#undef LOAD_F
+}
+
+static AI T256 void store8(const gemm_t *g, int64_t m, const int32_t *crow, int64_t n,
+                           int64_t cnt, __m256i pc) {
+    if (cnt >= 8) store8_body(g, m, crow, n, pc, 1, pc);
+    else store8_body(g, m, crow, n, pc, 0, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cnt),
+                                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* words v -> pairs (v & 0x0f.., (v >> 4) & 0x0f..) */
+static T256 void split_words(const uint64_t *src, int64_t n, uint64_t *dst) {
+    for (int64_t i = 0; i < n; ++i) {
+        dst[2 * i] = src[i] & NIBBLES;
+        dst[2 * i + 1] = (src[i] >> 4) & NIBBLES;
+    }
+}
+
+/* a panel (KWD, 32) -> (KWD, [32 lo, 32 hi]) */
+static T256 void split_panel(const uint64_t *wp, int64_t kwd, uint64_t *ws) {
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    for (int64_t k = 0; k < kwd; ++k, wp += PANEL, ws += 2 * PANEL)
+        for (int v = 0; v < PANEL; v += 4) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(wp + v));
+            _mm256_storeu_si256((__m256i *)(ws + v), _mm256_and_si256(w, nib));
+            _mm256_storeu_si256((__m256i *)(ws + PANEL + v), _mm256_and_si256(_mm256_srli_epi16(w, 4), nib));
+        }
+}
+
+/* MR rows x 4*NV channels from n on; tap tables point at split words, ws at the split panel
+ * shifted to channel n's column. */
+static AI T256 void tile_split(const gemm_t *g, int64_t m, const uint64_t **tap,
+                               const int32_t **crow, const uint64_t *ws, int64_t n,
+                               const int MR, const int NV, const int ONEWORD) {
+    const int64_t T = g->KH * g->KW, CW = ONEWORD ? 1 : g->CW / 2; /* g: the split problem */
+    const __m256i lut = lut256(), zero = _mm256_setzero_si256();
+    __m256i acc[4][8], wide[4][8];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = wide[r][v] = zero;
+    int left = BYTE_WORDS;
+    for (int64_t t = 0; t < T; ++t) {
+        const uint64_t *ap[4];
+        for (int r = 0; r < MR; ++r) ap[r] = tap[r * TMAX + t];
+        for (int64_t w = 0; w < CW; ++w, ws += 2 * PANEL) {
+            for (int r = 0; r < MR; ++r) {
+                const __m256i lo = _mm256_set1_epi64x((long long)ap[r][2 * w]);
+                const __m256i hi = _mm256_set1_epi64x((long long)ap[r][2 * w + 1]);
+                for (int v = 0; v < NV; ++v) {
+                    const __m256i xl = _mm256_xor_si256(lo, _mm256_loadu_si256((const __m256i *)(ws + 4 * v)));
+                    const __m256i xh = _mm256_xor_si256(hi, _mm256_loadu_si256((const __m256i *)(ws + PANEL + 4 * v)));
+                    acc[r][v] = _mm256_add_epi8(acc[r][v], _mm256_add_epi8(_mm256_shuffle_epi8(lut, xl),
+                                                                           _mm256_shuffle_epi8(lut, xh)));
+                }
+            }
+            if (--left == 0) {
+                for (int r = 0; r < MR; ++r)
+                    for (int v = 0; v < NV; ++v) {
+                        wide[r][v] = _mm256_add_epi64(wide[r][v], _mm256_sad_epu8(acc[r][v], zero));
+                        acc[r][v] = zero;
+                    }
+                left = BYTE_WORDS;
+            }
+        }
+    }
+    for (int r = 0; r < MR; ++r) {
+        for (int v = 0; v < NV; ++v) wide[r][v] = _mm256_add_epi64(wide[r][v], _mm256_sad_epu8(acc[r][v], zero));
+        for (int v = 0; v < NV; v += 2)
+            if (n + 4 * v < g->N)
+                store8(g, m + r, crow[r], n + 4 * v, g->N - n - 4 * v, narrow8(wide[r][v], wide[r][v + 1]));
+    }
+}
+
+/* One row x one whole panel (32 channels, 8 vectors) on unsplit words. */
+static T256 void row_direct(const gemm_t *g, int64_t m, const uint64_t **tap, const int32_t **crow,
+                            const uint64_t *wk, int64_t n) {
+    const int64_t T = g->KH * g->KW, CW = g->CW;
+    const __m256i lut = lut256(), zero = _mm256_setzero_si256(), nib = _mm256_set1_epi8(0x0f);
+    __m256i acc[8], wide[8];
+    for (int v = 0; v < 8; ++v) acc[v] = wide[v] = zero;
+    int left = BYTE_WORDS;
+    for (int64_t t = 0; t < T; ++t) {
+        const uint64_t *ap = tap[t];
+        for (int64_t w = 0; w < CW; ++w, wk += PANEL) {
+            const __m256i a = _mm256_set1_epi64x((long long)ap[w]);
+            for (int v = 0; v < 8; ++v) {
+                const __m256i x = _mm256_xor_si256(a, _mm256_loadu_si256((const __m256i *)(wk + 4 * v)));
+                const __m256i lo = _mm256_and_si256(x, nib), hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+                acc[v] = _mm256_add_epi8(acc[v], _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo),
+                                                                 _mm256_shuffle_epi8(lut, hi)));
+            }
+            if (--left == 0) {
+                for (int v = 0; v < 8; ++v) {
+                    wide[v] = _mm256_add_epi64(wide[v], _mm256_sad_epu8(acc[v], zero));
+                    acc[v] = zero;
+                }
+                left = BYTE_WORDS;
+            }
+        }
+    }
+    for (int v = 0; v < 8; ++v) wide[v] = _mm256_add_epi64(wide[v], _mm256_sad_epu8(acc[v], zero));
+    for (int v = 0; v < 8; v += 2)
+        if (n + 4 * v < g->N) store8(g, m, crow[0], n + 4 * v, g->N - n - 4 * v, narrow8(wide[v], wide[v + 1]));
+}
+
+#define BIPER_TILE256(R)                                                                          \
+    static T256 void tile256_##R(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c, \
+                                 const uint64_t *ws, int64_t n) {                                 \
+        tile_split(g, m, t, c, ws, n, R, NV_SPLIT, 0);                                            \
+    }
+BIPER_TILE256(4)
+BIPER_TILE256(3)
+BIPER_TILE256(2)
+BIPER_TILE256(1)
+typedef char tile_rows_check[TILE_ROWS >= 1 && TILE_ROWS <= 4 && NV_SPLIT % 2 == 0 && NV_SPLIT <= 4 ? 1 : -1];
+
+/* one word per tap (C <= 64): 1 row x the whole panel */
+static T256 void tile256_1w(const gemm_t *g, int64_t m, const uint64_t **t, const int32_t **c,
+                            const uint64_t *ws, int64_t n) { tile_split(g, m, t, c, ws, n, 1, ONEWORD_NV, 1); }
+
+typedef void (*tile_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_t **, const uint64_t *, int64_t);
+
+/* The AVX2 GEMM: the task split of run_gemm (row groups x panel ranges); with SPLIT_ROWS rows or
+ * more, the activations are split once per call and each task splits a panel before its rows. */
+static void gemm256(const gemm_t *g, int nthreads) {
+    const tile_fn tiles[5] = {0, tile256_1, tile256_2, tile256_3, tile256_4};
+    const int64_t KWD = g->KH * g->KW * g->CW, npanel = (g->N + PANEL - 1) / PANEL;
+    const int nthr = nthreads > 0 ? nthreads : 1;
+    gemm_t gs = *g;
+    uint64_t *xs = 0, *wsall = 0;
+    if (g->M >= SPLIT_ROWS) {
+        const int64_t nx = g->M / (g->OH * g->OW) * g->H * g->W * g->CW;
+        xs = (uint64_t *)malloc((size_t)(2 * (nx + g->CW) + 2 * PANEL * KWD * nthr) * sizeof(uint64_t) + 64);
+        if (xs) {
+            wsall = xs + 2 * (nx + g->CW);
+            split_words(g->X, nx, xs);
+            split_words(g->fill, g->CW, xs + 2 * nx);
+            gs.X = xs;
+            gs.fill = xs + 2 * nx;
+            gs.CW = 2 * g->CW; /* tap tables address the split words */
+        }
+    }
+    const int64_t nmb = (g->M + 3) / 4;
+    const int64_t want = (xs ? 2 : 8) * (int64_t)nthr; /* split: few, tall row groups */
+    int64_t mg = xs ? MGROUP256 : MGROUP, nmg = (nmb + mg - 1) / mg;
+    if (nmg < want) {
+        mg = MAX(1, nmb / want);
+        nmg = (nmb + mg - 1) / mg;
+    }
+    const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
+    const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
+    const int64_t work = g->M * g->N * KWD;
+    const int oneword = g->CW == 1; /* one word per tap: 1-row tiles measured best */
+    (void)nthreads;
+    (void)work;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (work > PAR_GEMM)
+    for (int64_t task = 0; task < ntask; ++task) {
+        const uint64_t *tap[4 * MGROUP256 * TMAX];
+        const int32_t *crow[4 * MGROUP256];
+        const int64_t grp = task / nmg, mb0 = (task % nmg) * mg, mb1 = MIN(nmb, mb0 + mg);
+        const int64_t nb0 = grp * per, nb1 = MIN(npanel, nb0 + per);
+        if (nb0 >= nb1) continue;
+        uint64_t *ws = xs ? wsall + (int64_t)THREAD_ID * 2 * PANEL * KWD : 0;
+        build_rows(xs ? &gs : g, mb0 * 4, MIN(g->M, mb1 * 4) - mb0 * 4, tap, crow);
+        for (int64_t nb = nb0; nb < nb1; ++nb) {
+            const uint64_t *wp = g->Wp + nb * KWD * PANEL;
+            if (ws) split_panel(wp, KWD, ws);
+            for (int64_t mb = mb0; mb < mb1; ++mb) {
+                const int64_t m = mb * 4, mr = MIN(4, g->M - m), r0 = (mb - mb0) * 4;
+                for (int64_t s = 0; s < PANEL; s += 4 * (oneword ? ONEWORD_NV : NV_SPLIT)) {
+                    if (nb * PANEL + s >= g->N) break;
+                    if (ws && oneword)
+                        for (int64_t q = 0; q < mr; ++q)
+                            tile256_1w(&gs, m + q, tap + (r0 + q) * TMAX, crow + r0 + q, ws + s, nb * PANEL + s);
+                    else if (ws)
+                        for (int64_t q = 0; q < mr; q += TILE_ROWS)
+                            tiles[MIN(TILE_ROWS, mr - q)](&gs, m + q, tap + (r0 + q) * TMAX, crow + r0 + q, ws + s, nb * PANEL + s);
+                    else if (s == 0)
+                        for (int64_t r = 0; r < mr; ++r)
+                            row_direct(g, m + r, tap + (r0 + r) * TMAX, crow + r0 + r, wp, nb * PANEL);
+                }
+            }
+        }
+    }
+    free(xs);
+}
+#endif /* BIPER_X86 */
 
 /* A task is (up to MGROUP row blocks of 4 rows, a range of panels).  It builds the tap tables
  * of its rows once, then for each panel runs every row block, so that the panel (KWD * 256
@@ -462,7 +748,7 @@ static void run_gemm(const gemm_t *g, int nthreads) {
 #ifndef BIPER_NO_AVX512
     if (isa == 2) { fns[1] = rows512_1; fns[2] = rows512_2; fns[3] = rows512_3; fns[4] = rows512_4; }
 #endif
-    if (isa == 1) { fns[1] = rows256_1; fns[2] = rows256_2; fns[3] = rows256_3; fns[4] = rows256_4; }
+    if (isa == 1) { gemm256(g, nthreads); return; }
 #endif
     void (*portable)(const gemm_t *, int64_t, int, const uint64_t **, const int32_t **, int64_t) = rows_portable;
 #ifdef BIPER_X86
