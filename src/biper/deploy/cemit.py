@@ -28,7 +28,7 @@ import torch
 from ..errors import BiperError
 from .cexport import Program, lower
 
-__all__ = ["CExport", "export_c", "model_input_size"]
+__all__ = ["CExport", "export_c", "export_c_checkpoint", "model_input_size"]
 
 _CSRC = Path(__file__).with_name("csrc")
 _GEOMETRY = ("cin", "h", "w", "cout", "oh", "ow", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")
@@ -128,11 +128,12 @@ class _Writer:
         elif op.kind == "pool":
             c, h, w = x.shape
             _, oh, ow = self.prog.tensors[op.out].shape
-            call = f"pool({ins[0]}, {out}, {c}, {h}, {w}, {oh}, {ow}, {p['k']}, {p['s']}, {p['mode']});"
+            call = f"pool({ins[0]}, {out}, {c}, {w}, {oh}, {ow}, {p['k']}, {p['s']}, {p['mode']});"
         elif op.kind == "gap":
             call = f"gap({ins[0]}, {out}, {x.shape[0]}, {x.shape[1] * x.shape[2]});"
-        elif op.kind == "chpad":
-            call = f"chpad({ins[0]}, {out}, {x.shape[0]}, {x.shape[1] * x.shape[2]}, {p['front']}, {p['back']});"
+        elif op.kind == "shortcut":
+            c, h, w = x.shape
+            call = f"shortcut({ins[0]}, {out}, {c}, {h}, {w}, {p['s']}, {p['front']}, {p['back']});"
         elif op.kind == "relayout":
             c, h, w = x.shape
             sc, sh, sw = x.strides
@@ -203,6 +204,7 @@ int biper_predict(const float *input, float *logits);
         "#elif defined(__GNUC__)",
         '#pragma GCC optimize("fp-contract=off")  /* the same float rounding on every target */',
         "#endif",
+        *sorted({f"#define BIPER_OP_{'BCONV' if op.kind == 'pack' else op.kind.upper()}" for op in prog.ops}),
         "#include <stddef.h>",
         "#include <stdint.h>",
         '#include "model.h"',
@@ -255,3 +257,22 @@ Cortex-M4 library build (sizes: `arm-none-eabi-size model.o`):
 Debug: `-DBIPER_DUMP` and `./demo IN OUT DUMP` write each W1A1 layer's input and integer sums.
 Measured sizes of the CIFAR-10 ResNet-20 export for Cortex-M4 are in biper's docs/deploy.md.
 """
+
+
+def export_c_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike):
+    """Rebuild the model of a training checkpoint and `export_c` it; returns (CExport, model)."""
+    from ..train.checkpoint import load_checkpoint
+    from .export import _build, default_meta, model_spec_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = model_spec_from_checkpoint(ckpt)
+    model = _build(spec)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
+        raise BiperError(f"{checkpoint}: weights do not match model {spec['name']!r}: {detail}") from None
+    model.eval()
+    meta = default_meta(spec, ckpt.get("config"))
+    title = f"{spec['name']} ({os.path.basename(str(checkpoint))})"
+    return export_c(model, out_dir, model_input_size(model), title=title, meta=meta), model

@@ -58,7 +58,7 @@ class Tensor:
 
 @dataclass
 class Op:
-    """One runtime call: ``kind`` (fconv, pack, bconv, affine, clamp, add, pool, gap, chpad,
+    """One runtime call: ``kind`` (fconv, pack, bconv, affine, clamp, add, pool, gap, shortcut,
     relayout), input / output tensor numbers and the call's parameters."""
 
     kind: str
@@ -314,9 +314,15 @@ class _Lowering:
         pad = tuple(pad) if isinstance(pad, (tuple, list)) else ()
         if mode != "constant" or value not in (None, 0, 0.0) or len(pad) != 6 or any(pad[:4]):
             raise self.unsupported(node, "padding other than zero channels")
-        t = self.hwc(self.arg(node))
-        return self.prog.emit("chpad", [t], self.prog.new(out_shape), node.name, front=int(pad[4]),
-                              back=int(pad[5]))
+        t, stride, ops = self.hwc(self.arg(node)), 1, self.prog.ops
+        src = node.args[0]
+        last = ops[-1] if ops else None
+        if (last is not None and last.out == t and last.kind == "pool" and last.params["mode"] == 0
+                and last.params["k"] == last.params["s"] and len(src.users) == 1):
+            ops.pop()  # average pooling then channel padding: one pass (the option-A shortcut)
+            t, stride = last.ins[0], last.params["s"]
+        return self.prog.emit("shortcut", [t], self.prog.new(out_shape), node.name, s=stride,
+                              front=int(pad[4]), back=int(pad[5]))
 
 
 def sign_words(w: torch.Tensor) -> torch.Tensor:
@@ -362,7 +368,7 @@ def _plan(prog: Program) -> None:
     first, last = _lifetimes(prog)
     sizes, kinds = {}, {}
     for t in prog.tensors:
-        if t.buf is not None:
+        if t.buf is not None and t.buf in first:  # (tensors of fused-away ops have no buffer)
             sizes[t.buf] = max(sizes.get(t.buf, 0), t.elems)
             kinds[t.buf] = t.kind
     placed: dict[str, list] = {"f": [], "b": []}

@@ -22,10 +22,11 @@ static void dump_word(const void *v) {
 }
 #endif
 
+#ifdef BIPER_OP_FCONV
 /* Convolution (and linear layer, as a 1x1 convolution of a 1x1 image) with float inputs. */
 typedef struct {
-    int cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
-    int isc, ish, isw;         /* input element strides of channel, row, column */
+    int16_t cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+    int32_t isc, ish, isw;         /* input element strides of channel, row, column */
     float padv;                /* value outside the image */
     const float *wf;           /* (cout, kh, kw, cin) float weights, or NULL */
     const uint16_t *wb;        /* (cout, kh * kw, ceil(cin/16)) sign bits (W1A32), or NULL */
@@ -67,12 +68,14 @@ static void fconv(const fconv_t *p, const float *x, float *y) {
         }
     }
 }
+#endif
 
+#ifdef BIPER_OP_BCONV
 /* Signs of a float tensor (any strides) minus an optional per-channel threshold -> bits. */
 typedef struct {
-    int c, h, w, sc, sh, sw;
-    const float *thr;          /* bit = (x - thr[c]) < 0, or x < 0 when NULL */
-    int id;                    /* layer number in BIPER_DUMP records */
+    int16_t c, h, w, id;       /* id: layer number in BIPER_DUMP records */
+    int32_t sc, sh, sw;
+    const float *thr;          /* bit = (x - thr[c]) < 0, or x < 0 when NULL */                    /* layer number in BIPER_DUMP records */
 } pack_t;
 
 static void pack(const pack_t *p, const float *x, uint16_t *b) {
@@ -110,13 +113,13 @@ static int popcount32(uint32_t v) {
 
 /* W1A1 convolution: bits in, y = clamp((float)acc * scale + shift + res) out (HWC). */
 typedef struct {
-    int cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
-    int pad;                   /* padding value: 0, +1 or -1 */
+    int16_t cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+    int16_t id;                /* layer number in BIPER_DUMP records */
+    int8_t pad;                /* padding value: 0, +1 or -1 */
+    int8_t has_lo, has_hi;     /* clamp to [lo, hi] (each bound optional) */
     const uint16_t *wb;        /* (cout, kh * kw, ceil(cin/16)) sign bits */
     const float *scale, *shift;
-    int has_lo, has_hi;        /* clamp to [lo, hi] (each bound optional) */
     float lo, hi;
-    int id;                    /* layer number in BIPER_DUMP records */
 } bconv_t;
 
 static uint16_t fill_word(const bconv_t *p, int k) {
@@ -172,8 +175,10 @@ static void bconv(const bconv_t *p, const uint16_t *xb, const float *res, float 
         }
     }
 }
+#endif
 
 /* y = x * a[c] + b[c] over n values of c channels (HWC or a vector): an eval BatchNorm. */
+#ifdef BIPER_OP_AFFINE
 static void affine(const float *x, float *y, int n, int c, const float *a, const float *b) {
     int i;
     for (i = 0; i < n; ++i) {
@@ -181,7 +186,9 @@ static void affine(const float *x, float *y, int n, int c, const float *a, const
         y[i] = v + b[i % c];
     }
 }
+#endif
 
+#ifdef BIPER_OP_CLAMP
 static void clamp(const float *x, float *y, int n, int has_lo, float lo, int has_hi, float hi) {
     int i;
     for (i = 0; i < n; ++i) {
@@ -191,14 +198,18 @@ static void clamp(const float *x, float *y, int n, int has_lo, float lo, int has
         y[i] = v;
     }
 }
+#endif
 
+#ifdef BIPER_OP_ADD
 static void add(const float *a, const float *b, float *y, int n) {
     int i;
     for (i = 0; i < n; ++i) y[i] = a[i] + b[i];
 }
+#endif
 
 /* k x k pooling with stride s, no padding, HWC; mode 0: average, 1: maximum. */
-static void pool(const float *x, float *y, int c, int h, int w, int oh, int ow, int k, int s, int mode) {
+#ifdef BIPER_OP_POOL
+static void pool(const float *x, float *y, int c, int w, int oh, int ow, int k, int s, int mode) {
     int oy, ox, ch, ky, kx;
     for (oy = 0; oy < oh; ++oy)
         for (ox = 0; ox < ow; ++ox)
@@ -213,8 +224,10 @@ static void pool(const float *x, float *y, int c, int h, int w, int oh, int ow, 
                 y[(oy * ow + ox) * c + ch] = mode ? acc : acc / (float)(k * k);
             }
 }
+#endif
 
 /* Global average pool: HWC (h*w pixels of c channels) -> c values. */
+#ifdef BIPER_OP_GAP
 static void gap(const float *x, float *y, int c, int hw) {
     int ch, i;
     for (ch = 0; ch < c; ++ch) {
@@ -223,18 +236,31 @@ static void gap(const float *x, float *y, int c, int hw) {
         y[ch] = acc / (float)hw;
     }
 }
+#endif
 
-/* Zero channels in front and behind: HWC c -> HWC front + c + back. */
-static void chpad(const float *x, float *y, int c, int hw, int front, int back) {
-    int i, ch, n = 0;
-    for (i = 0; i < hw; ++i) {
-        for (ch = 0; ch < front; ++ch) y[n++] = 0.0f;
-        for (ch = 0; ch < c; ++ch) y[n++] = x[i * c + ch];
-        for (ch = 0; ch < back; ++ch) y[n++] = 0.0f;
-    }
+/* Option-A shortcut: s x s average pooling (s = 1: none), then zero channels in front and
+ * behind: HWC (h, w, c) -> HWC (h/s, w/s, front + c + back). */
+#ifdef BIPER_OP_SHORTCUT
+static void shortcut(const float *x, float *y, int c, int h, int w, int s, int front, int back) {
+    const int oh = h / s, ow = w / s, cout = front + c + back;
+    int oy, ox, ch, ky, kx;
+    for (oy = 0; oy < oh; ++oy)
+        for (ox = 0; ox < ow; ++ox) {
+            float *py = y + (oy * ow + ox) * cout;
+            for (ch = 0; ch < front; ++ch) py[ch] = 0.0f;
+            for (ch = 0; ch < c; ++ch) {
+                float acc = 0.0f;
+                for (ky = 0; ky < s; ++ky)
+                    for (kx = 0; kx < s; ++kx) acc += x[((oy * s + ky) * w + ox * s + kx) * c + ch];
+                py[front + ch] = s == 1 ? acc : acc / (float)(s * s);
+            }
+            for (ch = front + c; ch < cout; ++ch) py[ch] = 0.0f;
+        }
 }
+#endif
 
 /* Reorder a tensor with element strides (sc, sh, sw) to CHW (flatten) or HWC order. */
+#ifdef BIPER_OP_RELAYOUT
 static void relayout(const float *x, float *y, int c, int h, int w, int sc, int sh, int sw, int to_hwc) {
     int ch, iy, ix;
     for (ch = 0; ch < c; ++ch)
@@ -242,3 +268,4 @@ static void relayout(const float *x, float *y, int c, int h, int w, int sc, int 
             for (ix = 0; ix < w; ++ix)
                 y[to_hwc ? (iy * w + ix) * c + ch : (ch * h + iy) * w + ix] = x[ch * sc + iy * sh + ix * sw];
 }
+#endif
