@@ -149,7 +149,8 @@ class _Lowering:
         return self.env[a]
 
     def unsupported(self, node, what) -> BiperError:
-        return BiperError(f"C export: unsupported layer {node.name!r} ({what}); supported: Conv2d, Linear, "
+        name = node.target if node.op == "call_module" else node.name
+        return BiperError(f"C export: unsupported layer {name!r} ({what}); supported: Conv2d, Linear, "
                           "packed binary Conv2d/Linear, BatchNorm, Hardtanh, ReLU, +, AvgPool2d, MaxPool2d, "
                           "global average pooling, channel zero padding, flatten, Identity, Dropout")
 
