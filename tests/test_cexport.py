@@ -6,6 +6,7 @@ Cross builds (Cortex-M4 sizes, aarch64 under qemu-user) skip when their tools ar
 import os
 import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -176,12 +177,23 @@ def test_cli_export_c(tmp_path, capsys):
     assert main(["export", str(out / "final.pt"), "--format", "c", "-o", str(tmp_path / "c" / "model.c")]) == 2
 
 
-def _cross(tool):
-    return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed (apt-get install "
-                              "gcc-arm-none-eabi gcc-aarch64-linux-gnu qemu-user)")
+def _cross(tool, *probe):
+    """Skip unless ``tool`` is installed (and, for a compiler, builds a C99 program with ``probe``
+    flags: its C library may be missing)."""
+    why = f"{tool} not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu " \
+          "libc6-dev-arm64-cross qemu-user)"
+    ok = shutil.which(tool) is not None
+    if ok and probe:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "t.c")
+            with open(src, "w") as f:
+                f.write("#include <stdint.h>\n#include <stdio.h>\nint main(void) { return (int)sizeof(uint16_t) - 2; }\n")
+            ok = subprocess.run([tool, *probe, src, "-o", os.path.join(tmp, "t.o")], capture_output=True).returncode == 0
+            why = f"{tool} cannot build a C program with {' '.join(probe)} (its C library is missing)"
+    return pytest.mark.skipif(not ok, reason=why)
 
 
-@_cross("arm-none-eabi-gcc")
+@_cross("arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-c")
 def test_cortex_m4_sizes(tmp_path):
     """ResNet-20 W1A1 fits a Cortex-M4: under 48 KB of flash and 128 KB of RAM."""
     model = _randomize(biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()), 6)
@@ -197,7 +209,7 @@ def test_cortex_m4_sizes(tmp_path):
 
 
 @needs_cc
-@_cross("aarch64-linux-gnu-gcc")
+@_cross("aarch64-linux-gnu-gcc", "-static")
 @_cross("qemu-aarch64")
 def test_aarch64_same_logits(tmp_path):
     """The same code on another ISA (with fused multiply-add available) gives identical logits."""

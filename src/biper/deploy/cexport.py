@@ -33,7 +33,6 @@ from .optimize import fold_float_bn_, fuse_epilogues
 __all__ = ["Tensor", "Op", "Program", "lower"]
 
 _ADD = (operator.add, torch.add)
-_FLATTEN = (torch.flatten,)
 
 
 @dataclass
@@ -128,8 +127,7 @@ class _Lowering:
             if node.op == "placeholder":
                 if self.env:
                     raise BiperError("C export: the model must take exactly one input tensor")
-                t = Tensor(tuple(self.prog.input_size), "f", "chw", None)
-                self.prog.tensors.append(t)
+                self.prog.tensors.append(Tensor(tuple(self.prog.input_size), "f", "chw", None))
                 self.env[node] = 0
             elif node.op == "output":
                 arg = node.args[0]
@@ -155,16 +153,13 @@ class _Lowering:
                           "global average pooling, channel zero padding, flatten, Identity, Dropout")
 
     def lower_node(self, node: torch.fx.Node) -> int:
-        p, out_shape = self.prog, None
+        p, target = self.prog, node.target
         m = self.modules.get(node.target) if node.op == "call_module" else None
-        target = node.target
         if m is not None and isinstance(m, (nn.Identity, nn.Dropout)) or (
                 node.op == "call_function" and target is F.dropout):
             return self.arg(node)
         out_shape = _shape(node)
-        if isinstance(m, PackedConv2d):
-            return self.packed(node, m, out_shape)
-        if isinstance(m, PackedLinear):
+        if isinstance(m, (PackedConv2d, PackedLinear)):
             return self.packed(node, m, out_shape)
         if type(m) is nn.Conv2d:
             if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
@@ -206,7 +201,7 @@ class _Lowering:
             return p.emit("gap", [t], p.new(out_shape), node.name)
         if node.op == "call_function" and target is F.pad:
             return self.chpad(node, out_shape)
-        if isinstance(m, nn.Flatten) or (node.op == "call_function" and target in _FLATTEN) or (
+        if isinstance(m, nn.Flatten) or (node.op == "call_function" and target is torch.flatten) or (
                 node.op == "call_method" and target == "flatten"):
             start = m.start_dim if m is not None else (node.args[1] if len(node.args) > 1
                                                        else node.kwargs.get("start_dim", 0))
