@@ -5,7 +5,8 @@ qemu-user against the host build, and agreement with the PyTorch model on test i
 
 Needs a host C compiler; the Cortex-M4 and aarch64 parts run when ``arm-none-eabi-gcc`` /
 ``aarch64-linux-gnu-gcc`` and ``qemu-aarch64`` are installed (Debian: gcc-arm-none-eabi,
-gcc-aarch64-linux-gnu, qemu-user).
+gcc-aarch64-linux-gnu, qemu-user); with ``qemu-system-arm`` also on qemu's emulated Cortex-M4 board
+(mps2-an386, semihosting), a sanity check of the wall time, not a speed claim.
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ def main() -> None:
         arm_logits = run_demo(["qemu-aarch64", arm], x[:n])
         report["aarch64_qemu"] = {"images": n, "identical_to_host": bool(np.array_equal(arm_logits, logits[:n])),
                                   "wall_s": round(time.perf_counter() - t0, 2)}
+    if shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"):
+        from biper.deploy.cverify import build_mps2, run_mps2
+
+        exe = build_mps2(str(c_dir), str(c_dir / "demo-mps2.elf"))
+        n = min(int(x.shape[0]), 20)
+        t0 = time.perf_counter()
+        m4_logits = run_mps2(exe, x[:n])
+        report["cortex_m4_qemu_mps2_an386"] = {
+            "images": n, "identical_to_host": bool(np.array_equal(m4_logits, logits[:n])),
+            "wall_s_incl_boot": round(time.perf_counter() - t0, 2)}
     print(json.dumps(report, indent=2))
 
 

@@ -17,7 +17,7 @@ from torch import nn
 import biper
 from biper.cli import main
 from biper.deploy.cemit import export_c
-from biper.deploy.cverify import build_demo, find_cc, run_demo
+from biper.deploy.cverify import build_demo, build_mps2, find_cc, run_demo, run_mps2
 from biper.errors import BiperError
 from biper.nn import BinaryConv2d, BinaryLinear
 
@@ -219,3 +219,15 @@ def test_aarch64_same_logits(tmp_path):
     host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
     arm = build_demo(str(tmp_path / "c"), str(tmp_path / "arm"), cc=["aarch64-linux-gnu-gcc"], flags=("-O2", "-static"))
     assert np.array_equal(run_demo(["qemu-aarch64", arm], x), host)
+
+
+@needs_cc
+@_cross("arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "--specs=rdimon.specs")
+@_cross("qemu-system-arm")
+def test_cortex_m4_board_same_logits(tmp_path):
+    """On qemu's emulated Cortex-M4F board (mps2-an386) the demo gives the host's logits bit for bit."""
+    model = _randomize(_ConvNet(), 9)
+    export_c(model, tmp_path / "c", (3, 13, 11))
+    x = torch.randn(3, 3, 13, 11, generator=torch.Generator().manual_seed(9))
+    host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
+    assert np.array_equal(run_mps2(build_mps2(str(tmp_path / "c"), str(tmp_path / "m4.elf")), x), host)

@@ -5,6 +5,8 @@
 `run_demo(exe, x)` feeds a float32 batch through ``./demo IN OUT`` as little-endian bytes and
 returns the logits; `verify_c(out_dir, model, input_size)` does all three on random inputs and
 returns the agreement with ``model`` (argmax and max |logit difference|).
+`build_mps2(out_dir, exe)` / `run_mps2(exe, x)`: the same demo for a Cortex-M4F, run on qemu's
+emulated mps2-an386 board with semihosting for the files (``qemu-system-arm``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import torch
 
 from ..errors import BiperError
 
-__all__ = ["find_cc", "build_demo", "run_demo", "verify_c"]
+__all__ = ["find_cc", "build_demo", "run_demo", "verify_c", "build_mps2", "run_mps2", "M4_FLAGS"]
+
+M4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 
 
 def find_cc() -> list[str] | None:
@@ -87,3 +91,28 @@ def verify_c(out_dir: str, model: torch.nn.Module, input_size, samples: int = 8,
     shutil.rmtree(os.path.dirname(exe), ignore_errors=True)
     return {"samples": samples, "agree": int((got.argmax(1) == ref.argmax(1)).sum()),
             "max_abs_diff": float((got - ref).abs().max())}
+
+
+def build_mps2(out_dir: str, exe: str) -> str:
+    """Link the demo for qemu's mps2-an386 (Cortex-M4F, newlib semihosting); returns ``exe``."""
+    startup = os.path.join(os.path.dirname(__file__), "csrc", "cexport_m4_startup.c")
+    cmd = ["arm-none-eabi-gcc", *M4_FLAGS, "-Os", "-std=c99", "--specs=rdimon.specs",
+           "-Wl,--section-start=.vectors=0x0", startup, os.path.join(out_dir, "model.c"),
+           os.path.join(out_dir, "demo.c"), "-o", exe]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BiperError(f"Cortex-M4 link failed: {done.stderr.strip().splitlines()[-1:]}")
+    return exe
+
+
+def run_mps2(exe: str, x: torch.Tensor, timeout: float = 600) -> np.ndarray:
+    """Logits of the mps2-an386 demo ``exe`` on ``x`` under ``qemu-system-arm``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        x.detach().to(torch.float32).contiguous().numpy().astype("<f4").tofile(os.path.join(tmp, "in.f32"))
+        cmd = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-semihosting-config",
+               "enable=on,target=native,arg=demo,arg=in.f32,arg=out.f32", "-kernel", os.path.abspath(exe)]
+        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        out = os.path.join(tmp, "out.f32")
+        if done.returncode != 0 or not os.path.exists(out):
+            raise BiperError(f"qemu-system-arm run failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        return np.fromfile(out, "<f4").reshape(x.shape[0], -1)
