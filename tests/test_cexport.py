@@ -97,7 +97,8 @@ def _check(model, x, tmp_path, logit_tol=1e-4):
         if not bool(flips.any()):
             ref_t = _reference_acc(layer, x_t if isinstance(layer, BinaryConv2d) else x_t.flatten(1))
             assert torch.equal(acc_c, ref_t.view(acc_c.shape)), entry["name"]
-    np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=0, atol=logit_tol * max(1.0, float(ref_logits.abs().max())))
+    scale = max(1.0, float(ref_logits.abs().max()))
+    np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=0, atol=logit_tol * scale)
     assert (logits.argmax(1) == ref_logits.numpy().argmax(1)).all()
     return info, logits
 
@@ -180,15 +181,17 @@ def test_cli_export_c(tmp_path, capsys):
 def _cross(tool, *probe):
     """Skip unless ``tool`` is installed (and, for a compiler, builds a C99 program with ``probe``
     flags: its C library may be missing)."""
-    why = f"{tool} not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu " \
-          "libc6-dev-arm64-cross qemu-user)"
+    why = (f"{tool} not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
+           "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)")
     ok = shutil.which(tool) is not None
     if ok and probe:
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "t.c")
             with open(src, "w") as f:
-                f.write("#include <stdint.h>\n#include <stdio.h>\nint main(void) { return (int)sizeof(uint16_t) - 2; }\n")
-            ok = subprocess.run([tool, *probe, src, "-o", os.path.join(tmp, "t.o")], capture_output=True).returncode == 0
+                f.write("#include <stdint.h>\n#include <stdio.h>\n"
+                        "int main(void) { return (int)sizeof(uint16_t) - 2; }\n")
+            done = subprocess.run([tool, *probe, src, "-o", os.path.join(tmp, "t.o")], capture_output=True)
+            ok = done.returncode == 0
             why = f"{tool} cannot build a C program with {' '.join(probe)} (its C library is missing)"
     return pytest.mark.skipif(not ok, reason=why)
 
@@ -231,3 +234,12 @@ def test_cortex_m4_board_same_logits(tmp_path):
     x = torch.randn(3, 3, 13, 11, generator=torch.Generator().manual_seed(9))
     host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
     assert np.array_equal(run_mps2(build_mps2(str(tmp_path / "c"), str(tmp_path / "m4.elf")), x), host)
+
+
+@pytest.mark.parametrize("module", ["cexport", "cemit"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"biper.deploy.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

@@ -14,6 +14,15 @@ Building with ``-DBIPER_DUMP`` makes ``biper_predict`` write, to ``biper_dump_fi
 layer's input (tag 1, float32, CHW order) and its integer sums (tag 2, int32, HWC order), as
 records ``int32 tag, int32 layer, int32 count, count values`` in the host's byte order;
 ``./demo IN OUT DUMP`` then writes them to DUMP.
+
+Example::
+
+    >>> import os, tempfile, biper
+    >>> from biper.deploy.cemit import export_c
+    >>> model = biper.create_model("mlp", binarize=biper.BinarizeConfig()).eval()
+    >>> info = export_c(model, tempfile.mkdtemp())
+    >>> sorted(os.listdir(info.out_dir)), info.arena_bytes
+    (['README.md', 'demo.c', 'model.c', 'model.h'], 304)
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import BiperError
 from .cexport import Program, lower
@@ -54,6 +64,17 @@ def _f(v: float) -> str:
     if math.isnan(v) or math.isinf(v):
         raise BiperError(f"C export: a weight or parameter is {v}; the model cannot be exported")
     return f"{v.hex()}f" if v != 0 else ("-0.0f" if math.copysign(1, v) < 0 else "0.0f")
+
+
+def sign_words(w: torch.Tensor) -> torch.Tensor:
+    """(..., Cin) values -> (..., ceil(Cin/16)) uint16 words as int32: bit j of word k set when
+    element 16k+j is negative (``x < 0``); unused high bits 0."""
+    cin = w.shape[-1]
+    cw = (cin + 15) // 16
+    bits = (w < 0).to(torch.int32)
+    bits = F.pad(bits, (0, 16 * cw - cin)).reshape(*w.shape[:-1], cw, 16)
+    return (bits << torch.arange(16, dtype=torch.int32)).sum(-1, dtype=torch.int32)
+
 
 
 class _Writer:
@@ -87,9 +108,12 @@ class _Writer:
     def struct(self, ctype: str, fields: dict) -> str:
         name = f"L{self._n}"
         self._n += 1
+        for k in _GEOMETRY + ("c", "id"):
+            if k in fields and not -32768 <= int(fields[k]) <= 32767:
+                raise BiperError(f"C export: {ctype[:-2]} {k}={fields[k]} does not fit the runtime's "
+                                 "16-bit fields")
         body = ", ".join(f".{k} = {v}" for k, v in fields.items())
         self.decls.append(f"static const {ctype} {name} = {{{body}}};")
-        self.const_bytes += 0  # descriptors are counted by the compiler's size report
         return name
 
     def op(self, op) -> None:
@@ -100,8 +124,8 @@ class _Writer:
         if op.kind == "fconv":
             fields = {k: p[k] for k in _GEOMETRY + ("isc", "ish", "isw")}
             fields.update(padv=_f(p["padv"]), wf=self.array(p["wf"], "float"),
-                          wb=self.array(p["wb"], "uint16_t"), scale=self.array(p["scale"], "float"),
-                          shift=self.array(p["shift"], "float"))
+                          wb=self.array(sign_words(p["wb"]) if p["wb"] is not None else None, "uint16_t"),
+                          scale=self.array(p["scale"], "float"), shift=self.array(p["shift"], "float"))
             call = f"fconv(&{self.struct('fconv_t', fields)}, {ins[0]}, {out});"
         elif op.kind == "pack":
             fields = {k: p[k] for k in ("c", "h", "w", "sc", "sh", "sw")}
@@ -110,7 +134,8 @@ class _Writer:
         elif op.kind == "bconv":
             fields = {k: p[k] for k in _GEOMETRY}
             lo, hi = p["lo"], p["hi"]
-            fields.update(pad=p["pad"], wb=self.array(p["wb"], "uint16_t"), scale=self.array(p["scale"], "float"),
+            fields.update(pad=p["pad"], wb=self.array(sign_words(p["wb"]), "uint16_t"),
+                          scale=self.array(p["scale"], "float"),
                           shift=self.array(p["shift"], "float"), has_lo=int(math.isfinite(lo)),
                           has_hi=int(math.isfinite(hi)), lo=_f(lo if math.isfinite(lo) else 0),
                           hi=_f(hi if math.isfinite(hi) else 0), id=p["id"])

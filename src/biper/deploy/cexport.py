@@ -14,6 +14,15 @@ Every tensor gets a place in one of two static arenas (float values, 16-bit sign
 at export time from the tensors' lifetimes; an output may replace an input that is not read
 again (in place). Anything else raises a one-line `BiperError` naming the node.
 `biper.deploy.cemit` writes the C files from the result.
+
+Example::
+
+    >>> import biper
+    >>> from biper.deploy.cexport import lower
+    >>> model = biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()).eval()
+    >>> prog = lower(model, (3, 32, 32))
+    >>> len(prog.binary_layers), prog.arena   # float values and 16-bit sign words
+    (18, {'f': 24576, 'b': 1024})
 """
 
 from __future__ import annotations
@@ -246,7 +255,7 @@ class _Lowering:
         conv = isinstance(m, PackedConv2d)
         w = m.weight_pm1()  # (Cout, Cin, KH, KW) or (Cout, Cin)
         w = w.permute(0, 2, 3, 1) if conv else w.view(*w.shape, 1, 1).permute(0, 2, 3, 1)
-        bits = sign_words(w.contiguous())
+        bits = w.contiguous()  # (Cout, KH, KW, Cin) +-1, packed to words by the writer
         scale, shift = m.out_scale.detach().float(), m.out_shift.detach().float()
         t = self.arg(node)
         x = p.tensors[t]
@@ -319,16 +328,6 @@ class _Lowering:
             t, stride = last.ins[0], last.params["s"]
         return self.prog.emit("shortcut", [t], self.prog.new(out_shape), node.name, s=stride,
                               front=int(pad[4]), back=int(pad[5]))
-
-
-def sign_words(w: torch.Tensor) -> torch.Tensor:
-    """(..., Cin) values -> (..., ceil(Cin/16)) uint16 words as int32: bit j of word k set when
-    element 16k+j is negative (``x < 0``); unused high bits 0."""
-    cin = w.shape[-1]
-    cw = (cin + 15) // 16
-    bits = (w < 0).to(torch.int32)
-    bits = F.pad(bits, (0, 16 * cw - cin)).reshape(*w.shape[:-1], cw, 16)
-    return (bits << torch.arange(16, dtype=torch.int32)).sum(-1, dtype=torch.int32)
 
 
 def _lifetimes(prog: Program) -> tuple[dict[int, int], dict[int, int]]:

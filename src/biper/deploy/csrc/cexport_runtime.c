@@ -75,7 +75,7 @@ static void fconv(const fconv_t *p, const float *x, float *y) {
 typedef struct {
     int16_t c, h, w, id;       /* id: layer number in BIPER_DUMP records */
     int32_t sc, sh, sw;
-    const float *thr;          /* bit = (x - thr[c]) < 0, or x < 0 when NULL */                    /* layer number in BIPER_DUMP records */
+    const float *thr;          /* bit = (x - thr[c]) < 0, or x < 0 when NULL */
 } pack_t;
 
 static void pack(const pack_t *p, const float *x, uint16_t *b) {
