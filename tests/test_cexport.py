@@ -26,7 +26,8 @@ needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc, gcc or clan
 
 
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Spread BatchNorm statistics and binary scales so that every layer matters."""
+    """Spread BatchNorm statistics, binary scales and RSign thresholds (every other channel's
+    threshold stays 0, so that exact zeros meet sign(0) = +1) so that every layer matters."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -39,6 +40,8 @@ def _randomize(model: nn.Module, seed: int) -> nn.Module:
             for name, p in m.named_parameters(recurse=False):
                 if name == "threshold" or (name == "alpha" and p.numel() > 1):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (name == "alpha"))
+                    if name == "threshold":
+                        p[::2] = 0.0
     return model.eval()
 
 
@@ -97,6 +100,7 @@ def _check(model, x, tmp_path, logit_tol=1e-4):
         if not bool(flips.any()):
             ref_t = _reference_acc(layer, x_t if isinstance(layer, BinaryConv2d) else x_t.flatten(1))
             assert torch.equal(acc_c, ref_t.view(acc_c.shape)), entry["name"]
+    assert float((ref_logits - ref_logits[:1]).abs().max()) > 1e-3  # the inputs matter
     scale = max(1.0, float(ref_logits.abs().max()))
     np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=0, atol=logit_tol * scale)
     assert (logits.argmax(1) == ref_logits.numpy().argmax(1)).all()
@@ -114,7 +118,8 @@ class _ConvNet(nn.Module):
         self.c1, self.bn1 = BinaryConv2d(20, 70, 3, stride=2, padding=1, bias=False, **b), nn.BatchNorm2d(70)
         self.c2, self.bn2 = BinaryConv2d(70, 70, 3, padding=2, dilation=2, pad_value=-1.0, **b,
                                          input_quantizer="rsign"), nn.BatchNorm2d(70)
-        self.c3 = BinaryConv2d(70, 33, (3, 1), stride=(1, 2), padding=(1, 0), pad_value=1.0, bias=True, **b)
+        self.c3 = BinaryConv2d(70, 33, (3, 1), stride=(1, 2), padding=(1, 0), pad_value=1.0, bias=True, **b,
+                               input_quantizer="rsign")  # after a ReLU: thresholds make its signs vary
         self.c4 = BinaryConv2d(33, 17, 1, input_quantizer=None, bias=False, **b)  # W1A32
         self.pool = nn.MaxPool2d(2)
         self.fc1, self.bnf = BinaryLinear(17 * 3 * 1, 37, bias=False, **b), nn.BatchNorm1d(37)
@@ -220,6 +225,7 @@ def test_aarch64_same_logits(tmp_path):
     export_c(model, tmp_path / "c", (3, 32, 32))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
+    assert np.ptp(host, axis=0).max() > 1e-3  # the logits depend on the input
     arm = build_demo(str(tmp_path / "c"), str(tmp_path / "arm"), cc=["aarch64-linux-gnu-gcc"], flags=("-O2", "-static"))
     assert np.array_equal(run_demo(["qemu-aarch64", arm], x), host)
 
@@ -233,6 +239,7 @@ def test_cortex_m4_board_same_logits(tmp_path):
     export_c(model, tmp_path / "c", (3, 13, 11))
     x = torch.randn(3, 3, 13, 11, generator=torch.Generator().manual_seed(9))
     host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
+    assert np.ptp(host, axis=0).max() > 1e-3  # the logits depend on the input
     assert np.array_equal(run_mps2(build_mps2(str(tmp_path / "c"), str(tmp_path / "m4.elf")), x), host)
 
 
@@ -243,3 +250,18 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(f"biper.deploy.{module}"), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@needs_cc
+@_cross("s390x-linux-gnu-gcc", "-static")
+@_cross("qemu-s390x")
+def test_big_endian_same_logits(tmp_path):
+    """On a big-endian target (s390x under qemu-user) the demo reads and writes the same
+    little-endian files and gives the host's logits bit for bit."""
+    model = _randomize(_ConvNet(), 11)
+    export_c(model, tmp_path / "c", (3, 13, 11))
+    x = torch.randn(2, 3, 13, 11, generator=torch.Generator().manual_seed(11))
+    host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
+    assert np.ptp(host, axis=0).max() > 1e-3  # the logits depend on the input
+    be = build_demo(str(tmp_path / "c"), str(tmp_path / "be"), cc=["s390x-linux-gnu-gcc"], flags=("-O2", "-static"))
+    assert np.array_equal(run_demo(["qemu-s390x", be], x), host)

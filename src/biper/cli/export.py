@@ -3,6 +3,8 @@
 The checkpoint's model is rebuilt from its embedded config, packed (1 bit per binary weight,
 scale and BatchNorm folded into one per-channel affine), written, then loaded back and compared
 with the checkpoint's model on random inputs (``--no-verify`` skips that check).
+``--format c`` writes a standalone C99 library into the folder ``-o`` instead
+(`biper.deploy.cemit`), built and compared the same way when a host C compiler exists.
 """
 
 from __future__ import annotations
