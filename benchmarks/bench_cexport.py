@@ -101,6 +101,11 @@ def main() -> None:
         arm_logits = run_demo(["qemu-aarch64", arm], x[:n])
         report["aarch64_qemu"] = {"images": n, "identical_to_host": bool(np.array_equal(arm_logits, logits[:n])),
                                   "wall_s": round(time.perf_counter() - t0, 2)}
+    if shutil.which("s390x-linux-gnu-gcc") and shutil.which("qemu-s390x"):
+        be = build_demo(str(c_dir), str(c_dir / "demo-s390x"), cc=["s390x-linux-gnu-gcc"], flags=("-O2", "-static"))
+        n = min(int(x.shape[0]), 100)
+        report["s390x_big_endian_qemu"] = {"images": n, "identical_to_host": bool(
+            np.array_equal(run_demo(["qemu-s390x", be], x[:n]), logits[:n]))}
     if shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"):
         from biper.deploy.cverify import build_mps2, run_mps2
 

@@ -187,7 +187,7 @@ def _cross(tool, *probe):
     """Skip unless ``tool`` is installed (and, for a compiler, builds a C99 program with ``probe``
     flags: its C library may be missing)."""
     why = (f"{tool} not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi "
-           "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)")
+           "gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user)")
     ok = shutil.which(tool) is not None
     if ok and probe:
         with tempfile.TemporaryDirectory() as tmp:
