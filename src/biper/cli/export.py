@@ -3,6 +3,8 @@
 The checkpoint's model is rebuilt from its embedded config, packed (1 bit per binary weight,
 scale and BatchNorm folded into one per-channel affine), written, then loaded back and compared
 with the checkpoint's model on random inputs (``--no-verify`` skips that check).
+``--format c`` writes a standalone C99 library into the folder ``-o`` instead
+(`biper.deploy.cemit`), built and compared the same way when a host C compiler exists.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint to a bit-packed model file")
     p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train")
-    p.add_argument("-o", "--output", required=True, help="packed model file to write (e.g. model.biper)")
+    p.add_argument("-o", "--output", required=True,
+                   help="packed model file to write (e.g. model.biper); with --format c, a folder")
+    p.add_argument("--format", choices=("biper", "c"), default="biper",
+                   help="biper: packed model file (default); c: standalone C99 library "
+                        "(model.h, model.c, demo.c, README.md)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the file and comparing it with the checkpoint's model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -26,6 +32,8 @@ def run(args) -> int:
     from ..deploy import export_checkpoint, load_packed
     from ..deploy.verify import compare_models
 
+    if args.format == "c":
+        return _run_c(args)
     info = export_checkpoint(args.checkpoint, args.output)
     result = {
         "output": info.path,
@@ -63,3 +71,32 @@ def run(args) -> int:
         if v["agree"] != v["samples"]:
             return 1
     return 0
+
+
+def _run_c(args) -> int:
+    import json
+
+    from ..deploy.cemit import export_c_checkpoint
+    from ..deploy.cverify import find_cc, verify_c
+
+    info, model = export_c_checkpoint(args.checkpoint, args.output)
+    prog = info.program
+    result = {"output": info.out_dir, "files": info.files, "binary_layers": len(prog.binary_layers),
+              "ops": len(prog.ops), "const_bytes": info.const_bytes, "arena_bytes": info.arena_bytes}
+    if not args.no_verify:
+        result["verify"] = (verify_c(info.out_dir, model, prog.input_size) if find_cc()
+                            else "skipped: no C compiler found")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"wrote {info.out_dir}/{{model.h,model.c,demo.c,README.md}}: {len(prog.ops)} layer calls, "
+              f"{len(prog.binary_layers)} W1A1 layers, {info.const_bytes:,} bytes of weights, "
+              f"{info.arena_bytes:,}-byte static arena")
+        v = result.get("verify")
+        if isinstance(v, dict):
+            print(f"verified with the host C compiler on {v['samples']} random inputs: predictions agree "
+                  f"{v['agree']}/{v['samples']}, max |logit difference| {v['max_abs_diff']:.2e}")
+        elif v:
+            print(f"verification {v}")
+    v = result.get("verify")
+    return 1 if isinstance(v, dict) and v["agree"] != v["samples"] else 0
