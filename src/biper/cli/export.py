@@ -1,8 +1,10 @@
-"""``biper export CHECKPOINT -o MODEL``: write the bit-packed, pickle-free deployment file.
+"""``biper export CHECKPOINT -o MODEL [--format biper|onnx]``: write a deployment file.
 
 The checkpoint's model is rebuilt from its embedded config, packed (1 bit per binary weight,
 scale and BatchNorm folded into one per-channel affine), written, then loaded back and compared
-with the checkpoint's model on random inputs (``--no-verify`` skips that check).
+with the checkpoint's model on random inputs (``--no-verify`` skips that check). ``--format
+onnx`` writes the same deployed network as standard ONNX (`biper.deploy.onnx_export`, from a
+checkpoint or a packed file) and checks it with onnxruntime when that is installed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint to a bit-packed model file")
     p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train")
-    p.add_argument("-o", "--output", required=True, help="packed model file to write (e.g. model.biper)")
+    p.add_argument("-o", "--output", required=True, help="file to write (e.g. model.biper, model.onnx)")
+    p.add_argument("--format", choices=("biper", "onnx"), default="biper",
+                   help="biper: the packed file (default); onnx: standard ONNX (needs biper[onnx])")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the file and comparing it with the checkpoint's model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -24,8 +28,14 @@ def run(args) -> int:
     import torch
 
     from ..deploy import export_checkpoint, load_packed
+    from ..deploy.filetype import require_model_file
     from ..deploy.verify import compare_models
+    from ._checks import writable_file
 
+    writable_file(args.output)
+    if args.format == "onnx":
+        return _onnx(args)
+    require_model_file(args.checkpoint, ("torch",))
     info = export_checkpoint(args.checkpoint, args.output)
     result = {
         "output": info.path,
@@ -60,6 +70,29 @@ def run(args) -> int:
         print(f"verified on {v['samples']} random inputs: predictions agree {v['agree']}/{v['samples']}, "
               f"max |logit difference| {v['max_abs_diff']:.2e}"
               + (" (against the deployed signs: this model trains with soft weights)" if v["soft_weights"] else ""))
+        if v["agree"] != v["samples"]:
+            return 1
+    return 0
+
+
+def _onnx(args) -> int:
+    import json
+
+    from ..deploy.onnx_export import export_file_onnx
+
+    r = export_file_onnx(args.checkpoint, args.output, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"wrote {r['path']}: ONNX opset {r['opset']}, {r['file_bytes'] / 1024:,.1f} KiB, "
+          f"{r['size_ratio']:.3f}x the packed file ({r['biper_bytes'] / 1024:,.1f} KiB); "
+          f"input (batch, {', '.join(map(str, r['input_size']))}) float32, {r['num_outputs']} logits")
+    v = r.get("verify")
+    if v is None and not args.no_verify:
+        print("not verified: onnxruntime is not installed (pip install 'biper[onnx]')")
+    elif v is not None:
+        print(f"verified with onnxruntime on {v['samples']} random inputs: predictions agree "
+              f"{v['agree']}/{v['samples']}, max |logit difference| {v['max_abs_diff']:.2e}")
         if v["agree"] != v["samples"]:
             return 1
     return 0
