@@ -42,7 +42,7 @@ _SIGNATURES = (  # (leading bytes, description)
 
 def _is_onnx(head: bytes) -> bool:
     # an ONNX ModelProto starts with field 1 (ir_version, varint) then usually field 2..8
-    return len(head) >= 4 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in (0x12, 0x1a, 0x22, 0x2a, 0x32, 0x3a, 0x42)
+    return len(head) >= 4 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in (0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42)
 
 
 def sniff(path: str | os.PathLike) -> str:
