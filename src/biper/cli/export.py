@@ -12,7 +12,8 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint to a bit-packed model file")
-    p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train")
+    p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train "
+                   "(with --format onnx also a packed .biper file)")
     p.add_argument("-o", "--output", required=True, help="file to write (e.g. model.biper, model.onnx)")
     p.add_argument("--format", choices=("biper", "onnx"), default="biper",
                    help="biper: the packed file (default); onnx: standard ONNX (needs biper[onnx])")
