@@ -23,7 +23,35 @@ def files(tmp_path_factory):
     (root / "bad_syntax.yaml").write_text("model: {name: mlp\nstages: [\n")
     (root / "not_map.yaml").write_text("- 1\n- 2\n")
     (root / "corrupt.pt").write_bytes(b"garbage\n")
+    _deploy_files(root)
     return root
+
+
+def _deploy_files(root):
+    """Packed models (a 3-channel ResNet-20; an MLP with its training config on a folder of 8x8
+    images), arrays of the wrong shape and dtype, 16x16 images, and non-model files."""
+    import numpy as np
+    from PIL import Image
+
+    import biper
+    from biper.deploy import export_model
+    from biper.train import load_run_config
+
+    export_model(biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()).eval(), root / "r20.biper")
+    cfg = load_run_config(R, ["model.name=mlp", "data.dataset=folder", f"data.cache_dir={root / 'cache'}"],
+                          data_dir=str(root / "cls")).to_dict()
+    export_model(biper.create_model("mlp", binarize=biper.BinarizeConfig()).eval(), root / "mlp.biper", config=cfg)
+    np.save(root / "gray.npy", np.zeros((2, 1, 32, 32), np.float32))
+    np.save(root / "ints.npy", np.zeros((3, 32, 32), np.int64))
+    np.save(root / "cplx.npy", np.zeros((3, 32, 32), np.complex64))
+    np.save(root / "flat.npy", np.zeros((3, 32), np.float32))
+    np.save(root / "big.npy", np.zeros((1, 3, 16, 16), np.float32))
+    for split in ("train", "test"):
+        (root / "big" / split / "a").mkdir(parents=True)
+        noise = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "big" / split / "a" / "x.png")
+    (root / "m.onnx").write_bytes(b"\x08\x09\x12\x07pytorch\x1a\x03")
+    (root / "blocker").write_text("a file, not a folder")
 
 
 CASES = [
@@ -57,14 +85,46 @@ CASES = [
     (["train", R, "--data-dir", "{files}/empty", "--out", "{files}/o2"], "no CIFAR-10 found at"),
     (["train", R, "data.dataset=folder", "--data-dir", "{files}/cls", "--out", "{files}/o3"], "/cls/train/b has no images"),
     # checkpoints and packed models
-    (["eval", "{files}/nope.pt"], "checkpoint {files}/nope.pt does not exist"),
-    (["eval", "{files}/corrupt.pt"], "checkpoint {files}/corrupt.pt is corrupt"),
-    (["export", "{files}/nope.pt", "-o", "{files}/x.biper"], "checkpoint {files}/nope.pt does not exist"),
-    (["export", "{files}/corrupt.pt", "-o", "{files}/x.biper"], "checkpoint {files}/corrupt.pt is corrupt"),
+    (["eval", "{files}/nope.pt"], "{files}/nope.pt does not exist"),
+    (["eval", "{files}/corrupt.pt"], "{files}/corrupt.pt is a text file; expected a packed model (.biper) or a biper checkpoint (.pt)"),
+    (["export", "{files}/nope.pt", "-o", "{files}/x.biper"], "{files}/nope.pt does not exist"),
+    (["export", "{files}/corrupt.pt", "-o", "{files}/x.biper"], "{files}/corrupt.pt is a text file; expected a biper checkpoint (.pt)"),
     (["infer", "{files}/nope.biper", "--input", "{files}/cls"], "cannot read packed model {files}/nope.biper"),
     (["infer", "{files}/corrupt.pt", "--input", "{files}/cls"], "not a valid biper packed model (wrong magic bytes"),
     (["analyze", "{files}/nope.pt"], "does not exist"),
     (["summary", "resnet99"], "'resnet99' is not a file, a model"),
+    # deploy commands: file types, shapes, channels, dtypes, output paths
+    (["eval", "{files}/m.onnx"], "{files}/m.onnx is an ONNX model; expected a packed model (.biper) or a biper checkpoint (.pt)"),
+    (["eval", "{files}/gray.npy"], "{files}/gray.npy is a NumPy array (.npy); expected"),
+    (["eval", "{files}/cls"], "{files}/cls is a folder; expected"),
+    (["eval", "{files}/r20.biper"], "r20.biper holds no training config, so its dataset is unknown"),
+    (["eval", "{files}/mlp.biper", "--device", "cuda:0"], "packed models run on the CPU kernels; use --device cpu"),
+    (["eval", "{files}/mlp.biper", "--data-dir", "{files}/big", "--quiet"], "mlp.biper cannot run on folder inputs of shape (3, 16, 16)"),
+    (["eval", "{files}/mlp.biper", "--data-dir", "{files}/missing"], "data folder {files}/missing does not exist"),
+    (["eval", "{files}/mlp.biper", "--device", "tpu"], "packed models run on the CPU kernels"),
+    (["export", "{files}/r20.biper", "-o", "{files}/x.biper"], "r20.biper is a packed model (.biper); expected a biper checkpoint (.pt)"),
+    (["export", "{files}/corrupt.pt", "-o", "{files}/missing/x.biper"], "output folder {files}/missing does not exist"),
+    (["export", "{files}/corrupt.pt", "-o", "{files}/empty"], "output {files}/empty is a folder; give a file name"),
+    (["export", "{files}/corrupt.pt", "-o", "{files}/blocker/x.biper"], "{files}/blocker is not a folder"),
+    (["export", "{files}/r20.biper", "--format", "onnx", "-o", "{files}/missing/x.onnx"], "output folder {files}/missing does not exist"),
+    (["export", "{files}/m.onnx", "--format", "onnx", "-o", "{files}/x.onnx"], "m.onnx is an ONNX model; expected a packed model (.biper) or a biper checkpoint (.pt)"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/gray.npy"], "the model takes 3-channel inputs (3x32x32), got shape (1, 32, 32)"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/ints.npy"], "ints.npy: expected a float tensor (C, H, W) or (N, C, H, W), got torch.int64"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/cplx.npy"], "cplx.npy: expected a float array (C, H, W) or (N, C, H, W), got dtype complex64"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/flat.npy"], "flat.npy: expected a float tensor (C, H, W) or (N, C, H, W), got torch.float32 (3, 32)"),
+    (["infer", "{files}/mlp.biper", "--input", "{files}/big.npy"], "the model cannot run on inputs of shape (3, 16, 16) (it takes 3x8x8)"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/cls", "--mean", "0.5,0.5", "--std", "1,1,1"], "--mean needs 3 finite values (one per RGB channel), got [0.5, 0.5]"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/cls", "--mean", "0.5,0.5,0.5", "--std", "0,1,1"], "--std values must be > 0"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/cls", "--input-size", "3,32", "--mean", "0,0,0", "--std", "1,1,1"], "input size must be C,H,W with positive values, got 3,32"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/cls", "--input-size", "1,32,32", "--mean", "0,0,0", "--std", "1,1,1"], "images are read as RGB (3 channels) but the input size has 1"),
+    (["infer", "{files}/r20.biper", "--input", "{files}/m.onnx"], "unsupported input type '.onnx'"),
+    (["summary", "{files}/r20.biper", "--input-size", "1,32,32"], "cannot run r20.biper (packed) on input (1, 32, 32)"),
+    (["summary", "mlp", "--input-size", "3,16,16"], "cannot run mlp on input (3, 16, 16)"),
+    (["summary", "mlp", "--input-size", "3,0,8"], "input_size must be positive integers like 3,32,32, got (3, 0, 8)"),
+    (["bench", "--json", "{files}/missing/b.json"], "--json folder {files}/missing does not exist"),
+    (["bench", "--json", "{files}/empty"], "--json {files}/empty is a folder; give a file name"),
+    (["bench", "--threads", "0"], "--threads and --rounds must be >= 1"),
+    (["bench", "--threads", "2", "--clock", "cpu"], "--clock cpu measures one thread's CPU time; use it with --threads 1"),
     # analysis
     (["qe", "--omega", "0", "--b", "0.05"], "--omega must be > 0, got 0.0"),
     (["qe", "--omega", "20", "--b", "-1"], "--b must be > 0, got -1.0"),
@@ -76,6 +136,10 @@ ARGPARSE_CASES = [
     ["train", R, "--subset", "-5"],
     ["quantizers", "--kind", "bogus"],
     ["frobnicate"],
+    ["export", "x.pt", "-o", "x.tflite", "--format", "tflite"],
+    ["infer", "m.biper", "--input", "x.npy", "--input-size", "3,a,32"],
+    ["summary", "mlp", "--input-size", "three"],
+    ["bench", "--only", "vgg"],
 ]
 
 
@@ -113,3 +177,11 @@ def test_unwritable_run_folder_is_one_line(files, capsys):
     assert code == 1 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1 and f"cannot create the run folder {blocker}/run" in lines[0], err
+
+
+def test_unknown_device_name_is_one_line():
+    from biper.errors import BiperError
+    from biper.train.model import resolve_device
+
+    with pytest.raises(BiperError, match="device: must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        resolve_device("tpu")

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..deploy.bench import run_benchmarks
+    from ._checks import writable_file
 
+    if args.json:
+        writable_file(args.json, "--json")  # before minutes of timing, not after
     run_benchmarks(args.threads, args.rounds, args.warmup, args.clock, args.only, args.json)
     return 0

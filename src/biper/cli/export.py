@@ -1,10 +1,13 @@
-"""``biper export CHECKPOINT -o MODEL``: write the bit-packed, pickle-free deployment file.
+"""``biper export CHECKPOINT -o MODEL [--format biper|onnx]``: write a deployment file.
 
 The checkpoint's model is rebuilt from its embedded config, packed (1 bit per binary weight,
 scale and BatchNorm folded into one per-channel affine), written, then loaded back and compared
 with the checkpoint's model on random inputs (``--no-verify`` skips that check).
 ``--format c`` writes a standalone C99 library into the folder ``-o`` instead
 (`biper.deploy.cemit`), built and compared the same way when a host C compiler exists.
+``--format onnx`` writes the same deployed network as standard ONNX
+(`biper.deploy.onnx_export`, from a checkpoint or a packed file) and checks it with
+onnxruntime when that is installed.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint to a bit-packed model file")
-    p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train")
+    p.add_argument("checkpoint", help="training checkpoint (.pt) written by biper train "
+                   "(with --format onnx also a packed .biper file)")
     p.add_argument("-o", "--output", required=True,
-                   help="packed model file to write (e.g. model.biper); with --format c, a folder")
-    p.add_argument("--format", choices=("biper", "c"), default="biper",
-                   help="biper: packed model file (default); c: standalone C99 library "
-                        "(model.h, model.c, demo.c, README.md)")
+                   help="file to write (e.g. model.biper, model.onnx); with --format c, a folder")
+    p.add_argument("--format", choices=("biper", "c", "onnx"), default="biper",
+                   help="biper: the packed file (default); c: standalone C99 library "
+                        "(model.h, model.c, demo.c, README.md); onnx: standard ONNX (needs biper[onnx])")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the file and comparing it with the checkpoint's model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -30,10 +34,17 @@ def run(args) -> int:
     import torch
 
     from ..deploy import export_checkpoint, load_packed
+    from ..deploy.filetype import require_model_file
     from ..deploy.verify import compare_models
+    from ._checks import writable_file
 
     if args.format == "c":
+        require_model_file(args.checkpoint, ("torch",))
         return _run_c(args)
+    writable_file(args.output)
+    if args.format == "onnx":
+        return _onnx(args)
+    require_model_file(args.checkpoint, ("torch",))
     info = export_checkpoint(args.checkpoint, args.output)
     result = {
         "output": info.path,
@@ -100,3 +111,26 @@ def _run_c(args) -> int:
             print(f"verification {v}")
     v = result.get("verify")
     return 1 if isinstance(v, dict) and v["agree"] != v["samples"] else 0
+
+
+def _onnx(args) -> int:
+    import json
+
+    from ..deploy.onnx_export import export_file_onnx
+
+    r = export_file_onnx(args.checkpoint, args.output, verify=not args.no_verify)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"wrote {r['path']}: ONNX opset {r['opset']}, {r['file_bytes'] / 1024:,.1f} KiB, "
+          f"{r['size_ratio']:.3f}x the packed file ({r['biper_bytes'] / 1024:,.1f} KiB); "
+          f"input (batch, {', '.join(map(str, r['input_size']))}) float32, {r['num_outputs']} logits")
+    v = r.get("verify")
+    if v is None and not args.no_verify:
+        print("not verified: onnxruntime is not installed (pip install 'biper[onnx]')")
+    elif v is not None:
+        print(f"verified with onnxruntime on {v['samples']} random inputs: predictions agree "
+              f"{v['agree']}/{v['samples']}, max |logit difference| {v['max_abs_diff']:.2e}")
+        if v["agree"] != v["samples"]:
+            return 1
+    return 0

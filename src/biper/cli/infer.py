@@ -47,9 +47,18 @@ def run(args) -> int:
     meta = model.packed_meta.get("meta") or {}
     x, names = load_inputs(args.input, input_size=args.input_size or meta.get("input_size"),
                            mean=args.mean or meta.get("mean"), std=args.std or meta.get("std"))
+    size = meta.get("input_size")
+    if size and x.shape[1] != size[0]:
+        raise BiperError(f"{args.input[0]}: the model takes {size[0]}-channel inputs "
+                         f"({'x'.join(map(str, size))}), got shape {tuple(x.shape[1:])}")
     kernels.backend()  # load (or build) the kernels before timing
-    with torch.no_grad():
-        model(x[:1])  # first call builds per-shape caches (padding corrections, weight panels)
+    try:
+        with torch.no_grad():
+            model(x[:1])  # first call builds per-shape caches (padding corrections, weight panels)
+    except (RuntimeError, ValueError) as exc:
+        expected = f" (it takes {'x'.join(map(str, size))})" if size else ""
+        raise BiperError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])}{expected}: "
+                         f"{str(exc).splitlines()[0]}") from None
     start = time.perf_counter()
     with torch.no_grad():
         logits = torch.cat([model(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])

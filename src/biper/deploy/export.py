@@ -174,7 +174,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **
         raise BiperError(f"{checkpoint}: weights do not match model {spec.name!r}: {detail}") from None
     config = kwargs.pop("config", ckpt.get("config"))
     meta = {**default_meta(spec, config), "checkpoint_version": ckpt.get("version"),
-            "stage": ckpt.get("stage_name"), **(kwargs.pop("meta", None) or {})}
+            "stage": ckpt.get("stage_name"),
+            "global_step": (ckpt.get("progress") or {}).get("global_step"), **(kwargs.pop("meta", None) or {})}
     return export_model(model.eval(), path, model_config=spec, config=config, meta=meta, **kwargs)
 
 

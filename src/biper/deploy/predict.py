@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -45,9 +46,15 @@ def _load_tensor(path: Path) -> torch.Tensor:
         import numpy as np
 
         try:
-            return _as_batch(torch.from_numpy(np.load(path, allow_pickle=False)), str(path))
+            array = np.load(path, allow_pickle=False)
         except ValueError as exc:
             raise BiperError(f"{path}: cannot read .npy without pickle ({exc})") from None
+        except OSError as exc:
+            raise BiperError(f"{path}: not a readable .npy file ({str(exc).splitlines()[0]})") from None
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
+            raise BiperError(f"{path}: expected a float array (C, H, W) or (N, C, H, W), got dtype "
+                             f"{getattr(array, 'dtype', type(array).__name__)}")
+        return _as_batch(torch.from_numpy(np.ascontiguousarray(array)), str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -71,6 +78,19 @@ def _load_image(path: Path, size: tuple[int, int], mean, std) -> torch.Tensor:
     except OSError as exc:
         raise BiperError(f"{path}: cannot read image ({exc})") from None
     return normalize(data.view(1, h, w, 3).permute(0, 3, 1, 2), mean, std)  # (1, 3, H, W)
+
+
+def _check_image_settings(input_size, mean, std) -> None:
+    """Images are read as RGB: 3 channels, 3 means, 3 positive stds, positive H and W."""
+    if len(input_size) != 3 or not all(int(v) > 0 for v in input_size):
+        raise BiperError(f"input size must be C,H,W with positive values, got {','.join(map(str, input_size))}")
+    if int(input_size[0]) != 3:
+        raise BiperError(f"images are read as RGB (3 channels) but the input size has {input_size[0]}")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise BiperError(f"--{name} needs 3 finite values (one per RGB channel), got {list(values)}")
+    if not all(v > 0 for v in std):
+        raise BiperError(f"--std values must be > 0, got {list(std)}")
 
 
 def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int] | None = None,
@@ -98,6 +118,7 @@ def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int]
             if input_size is None or mean is None or std is None:
                 raise BiperError("images need the model's input size and normalisation; the file has "
                                  "none, pass --input-size, --mean and --std")
+            _check_image_settings(input_size, mean, std)
             t = _load_image(f, (int(input_size[-2]), int(input_size[-1])), mean, std)
             names.append(str(f))
         else:
