@@ -300,18 +300,10 @@ Cortex-M4F board (mps2-an386), gives logits identical bit for bit to an x86-64 b
 
 def export_c_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike):
     """Rebuild the model of a training checkpoint and `export_c` it; returns (CExport, model)."""
-    from ..train.checkpoint import load_checkpoint
-    from .export import _build, default_meta, model_spec_from_checkpoint
+    from .export import checkpoint_model, default_meta
 
-    ckpt = load_checkpoint(checkpoint)
-    spec = model_spec_from_checkpoint(ckpt)
-    model = _build(spec)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
-        raise BiperError(f"{checkpoint}: weights do not match model {spec['name']!r}: {detail}") from None
+    ckpt, spec, model = checkpoint_model(checkpoint)
     model.eval()
     meta = default_meta(spec, ckpt.get("config"))
-    title = f"{spec['name']} ({os.path.basename(str(checkpoint))})"
+    title = f"{spec.name} ({os.path.basename(str(checkpoint))})"
     return export_c(model, out_dir, model_input_size(model), title=title, meta=meta), model

@@ -159,9 +159,9 @@ def default_meta(model_config: ModelSpec | dict | None, config: dict | None) -> 
     return meta
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **kwargs) -> ExportInfo:
-    """Rebuild the model of a training checkpoint (checksum verified, weights-only load) from its
-    ``model_config``, load its weights and export it to ``path``."""
+def checkpoint_model(checkpoint: str | os.PathLike) -> tuple[dict, ModelSpec, nn.Module]:
+    """Read a training checkpoint (checksum verified, weights-only load), rebuild its model from
+    the stored `ModelSpec` and load its weights; returns (checkpoint dict, spec, model)."""
     from ..train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -172,6 +172,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
         raise BiperError(f"{checkpoint}: weights do not match model {spec.name!r}: {detail}") from None
+    return ckpt, spec, model
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, **kwargs) -> ExportInfo:
+    """Rebuild the model of a training checkpoint (checksum verified, weights-only load) from its
+    ``model_config``, load its weights and export it to ``path``."""
+    ckpt, spec, model = checkpoint_model(checkpoint)
     config = kwargs.pop("config", ckpt.get("config"))
     meta = {**default_meta(spec, config), "checkpoint_version": ckpt.get("version"),
             "stage": ckpt.get("stage_name"),
