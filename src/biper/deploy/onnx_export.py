@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import BinaryConv2d, BinaryLinear
+from ..nn import is_binary_layer
 from .convert import Tracer, pack_model
 from .modules import PackedConv2d, PackedLinear, conv_padding
 
@@ -148,7 +148,7 @@ def _module(g: _Builder, m: nn.Module, x: str, base: str) -> str:
         return _packed_conv(g, m, x, base)
     if isinstance(m, PackedLinear):
         return _packed_linear(g, m, x, base)
-    if isinstance(m, (BinaryConv2d, BinaryLinear)):
+    if is_binary_layer(m):
         raise BiperError(f"layer {base!r} ({type(m).__name__}) has real-valued weights with binary inputs; "
                          "ONNX export supports packed binary layers and plain float layers")
     if isinstance(m, nn.Conv2d):
