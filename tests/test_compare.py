@@ -42,7 +42,7 @@ def test_two_methods_two_seeds_report_matches_runs(recipe, tmp_path, capsys):
                  "--out", str(out), "--quiet", "stages.0.lr=0.02"])
     assert code == 0
     printed = capsys.readouterr().out
-    for i, (m, s) in enumerate([("bnn", 0), ("bnn", 1), ("fp", 0), ("fp", 1)], 1):
+    for i, (m, s) in enumerate([("bnn", 0), ("fp", 0), ("bnn", 1), ("fp", 1)], 1):
         assert f"run {i}/4: {m} seed {s}" in printed
     for name in ("results.md", "results.csv", "results.json", "curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -102,12 +102,12 @@ def test_interrupted_comparison_resumes_and_repeats_nothing(recipe, tmp_path, mo
     monkeypatch.setattr(cmp, "train", interrupting_train)
     with pytest.raises(TrainingInterrupted):
         cmp.compare(str(recipe), ["bnn", "bc"], [0, 1], out2, epochs=2, plot=False, quiet=True)
-    assert calls == [("bnn-seed0", False), ("bnn-seed1", False), ("bc-seed0", False)]
+    assert calls == [("bnn-seed0", False), ("bc-seed0", False), ("bnn-seed1", False)]
     calls.clear()
     capsys.readouterr()
     again = cmp.compare(str(recipe), ["bnn", "bc"], [0, 1], out2, epochs=2, plot=False, quiet=True)
     # finished runs are read, the interrupted one resumes, the last one starts fresh
-    assert calls == [("bc-seed0", True), ("bc-seed1", False)]
+    assert calls == [("bnn-seed1", True), ("bc-seed1", False)]
     assert "run 1/4: bnn seed 0 (finished earlier, not repeated)" in capsys.readouterr().out
     for run in again["runs"]:
         name = run["run_dir"].rsplit("/", 1)[-1]

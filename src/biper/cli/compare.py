@@ -64,7 +64,8 @@ def run(args) -> int:
                           max_steps=args.max_steps, overrides=args.overrides, data_dir=args.data_dir,
                           subset=args.subset, quiet=args.quiet, plot=not args.no_plot)
     except TrainingStopped as stop:
-        print(f"biper compare: {stop}; rerun the same command to continue", file=sys.stderr)
+        message = str(stop).replace("continue with --resume", "rerun the same command to continue")
+        print(f"biper compare: {message}", file=sys.stderr)
         return stop.exit_code
     print(markdown_table(results), end="")
     print(f"results in {Path(args.out) / 'results.md'}")

@@ -1,9 +1,9 @@
 """Methods side by side: one base recipe, several methods and seeds, one budget, one report.
 
-`compare(recipe, methods, seeds, out)` trains every (method, seed) pair as an ordinary run
+`compare(recipe, methods, seeds, out)` trains every (method, seed) pair, seed-major (every method once before any twice), as an ordinary run
 folder ``out/runs/<method>-seed<seed>`` and writes ``results.md`` / ``results.csv`` /
-``results.json`` and ``curves.png`` (test accuracy per epoch: mean over seeds with a min-max
-band). Every run shares the base recipe's model, data, augmentation and runtime settings and
+``results.json`` (rewritten after every run, so an unfinished comparison reports what
+finished) and ``curves.png`` (test accuracy per epoch: mean over seeds with a min-max band). Every run shares the base recipe's model, data, augmentation and runtime settings and
 gets the same budget; a method only changes how the model is binarized and trained:
 
 - a *weight-quantizer* method (``bnn``, ``bnn+``, ``bnn++``, ``bc``, ``pc``, ``rpc``) is the
@@ -43,6 +43,7 @@ from typing import Any
 from ..errors import BiperError, did_you_mean
 from ..nn import is_binary_layer
 from .checkpoint import load_checkpoint
+from .compare_report import write_report
 from .config import RunConfig
 from .engine import train
 from .metrics import log
@@ -225,16 +226,17 @@ def compare(recipe: str | os.PathLike, methods: list[str], seeds: list[int], out
     if len(set(seeds)) != len(seeds):
         raise BiperError(f"a seed is listed twice: {seeds}")
     out = Path(out)
-    plan, info = [], {}
+    configs, info = {}, {}
     for method in resolved:
         data, source = method_config(str(recipe), method)
         data = apply_overrides(data, overrides)
         split = _apply_budget(data, epochs, max_steps)
         info[method.name] = {"source": source, "budget": split}
-        for seed in seeds:
-            cfg = load_run_config(dict(data, seed=seed, name=f"{method.name}-seed{seed}"),
-                                  data_dir=data_dir, subset=subset)
-            plan.append((method.name, seed, cfg))
+        configs[method.name] = data
+    # seed-major: every method's first seed runs before any second seed
+    plan = [(name, seed, load_run_config(dict(data, seed=seed, name=f"{name}-seed{seed}"),
+                                         data_dir=data_dir, subset=subset))
+            for seed in seeds for name, data in configs.items()]
     for name, entry in info.items():
         log(f"compare: {name}: {entry['source']}; {entry['budget']}")
     runs = []
@@ -250,11 +252,10 @@ def compare(recipe: str | os.PathLike, methods: list[str], seeds: list[int], out
                      "sec_per_epoch": sum(r["epoch_time"] for r in history) / max(len(history), 1),
                      "wall_time": summary["wall_time"], "size_kib": deployed_bits(model) / 8 / 1024,
                      "curve": [r["test_acc"] for r in history]})
-    results = _summarize(str(recipe), seeds, info, runs, epochs=epochs, max_steps=max_steps,
-                         overrides=list(overrides), subset=subset)
-    from .compare_report import write_report
-
-    write_report(out, results, plot=plot)
+        # the report after every run: an unfinished comparison shows what finished
+        results = _summarize(str(recipe), seeds, info, runs, epochs=epochs, max_steps=max_steps,
+                             overrides=list(overrides), subset=subset, runs_planned=len(plan))
+        write_report(out, results, plot=plot and i == len(plan))
     return results
 
 
@@ -262,6 +263,8 @@ def _summarize(recipe: str, seeds: list[int], info: dict, runs: list[dict], **se
     methods = {}
     for name, entry in info.items():
         mine = [r for r in runs if r["method"] == name]
+        if not mine:
+            continue
         methods[name] = {
             **entry,
             "final_test_acc": {**_stats([r["final_test_acc"] for r in mine]),

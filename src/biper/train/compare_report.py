@@ -52,6 +52,9 @@ def write_report(out: str | Path, results: dict, *, plot: bool = True) -> None:
     extra = f"; subset {results['subset']}" if results.get("subset") else ""
     if results.get("overrides"):
         extra += "; overrides " + " ".join(results["overrides"])
+    done, planned = len(results["runs"]), results.get("runs_planned", len(results["runs"]))
+    if done < planned:
+        extra += f"; UNFINISHED: {done} of {planned} runs done"
     head = (f"# Comparison on {results['recipe']}\n\nSeeds {', '.join(map(str, results['seeds']))}; "
             f"budget per run: {budget}{extra}.\n\n")
     atomic_write_bytes(out / "results.md", (head + markdown_table(results)).encode())
