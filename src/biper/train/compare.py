@@ -1,10 +1,12 @@
 """Methods side by side: one base recipe, several methods and seeds, one budget, one report.
 
-`compare(recipe, methods, seeds, out)` trains every (method, seed) pair, seed-major (every method once before any twice), as an ordinary run
-folder ``out/runs/<method>-seed<seed>`` and writes ``results.md`` / ``results.csv`` /
-``results.json`` (rewritten after every run, so an unfinished comparison reports what
-finished) and ``curves.png`` (test accuracy per epoch: mean over seeds with a min-max band). Every run shares the base recipe's model, data, augmentation and runtime settings and
-gets the same budget; a method only changes how the model is binarized and trained:
+`compare(recipe, methods, seeds, out)` trains every (method, seed) pair, seed-major (every
+method once before any twice), as an ordinary run folder ``out/runs/<method>-seed<seed>`` and
+writes ``results.md`` / ``results.csv`` / ``results.json`` (rewritten after every run, so an
+unfinished comparison reports what finished) and ``curves.png`` (test accuracy per epoch: mean
+over seeds with a min-max band). Every run shares the base recipe's model, data, augmentation
+and runtime settings and gets the same budget; a method only changes how the model is binarized
+and trained:
 
 - a *weight-quantizer* method (``bnn``, ``bnn+``, ``bnn++``, ``bc``, ``pc``, ``rpc``) is the
   base recipe with ``binarize.weight_quantizer`` replaced (its parameters, and stage-level
