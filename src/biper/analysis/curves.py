@@ -33,6 +33,9 @@ def plot_accuracy_curves(path: str | os.PathLike, curves: dict[str, list[list[fl
         if len(runs) > 1:
             ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], alpha=0.2,
                             color=line.get_color(), linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if title:
