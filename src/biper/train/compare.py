@@ -257,7 +257,7 @@ def compare(recipe: str | os.PathLike, methods: list[str], seeds: list[int], out
         # the report after every run: an unfinished comparison shows what finished
         results = _summarize(str(recipe), seeds, info, runs, epochs=epochs, max_steps=max_steps,
                              overrides=list(overrides), subset=subset, runs_planned=len(plan))
-        write_report(out, results, plot=plot and i == len(plan))
+        write_report(out, results, plot=plot)
     return results
 
 
