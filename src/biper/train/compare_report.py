@@ -23,6 +23,8 @@ CSV_COLUMNS = ("method", "seed", "final_test_acc", "best_test_acc", "sec_per_epo
 
 
 def _pm(stats: dict) -> str:
+    if len(stats["seeds"]) == 1:
+        return f"{stats['mean']:.2f} (1 seed)"
     seeds = ", ".join(f"{v:.2f}" for v in stats["seeds"].values())
     return f"{stats['mean']:.2f} ± {stats['std']:.2f} ({seeds})"
 
