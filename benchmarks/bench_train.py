@@ -21,6 +21,7 @@ Usage::
     python benchmarks/bench_train.py                         # synthetic CIFAR-sized data
     python benchmarks/bench_train.py --data-dir ../shared/data --threads 2
     python benchmarks/bench_train.py --compile                # + torch.compile'd models
+    python benchmarks/bench_train.py --device cuda            # on a GPU (synchronised timing)
 """
 
 from __future__ import annotations
@@ -66,14 +67,16 @@ COMPILED = [
 class Case:
     """One configuration: a model, its optimizer and task, and a timed training step."""
 
-    def __init__(self, label, binary, stage_index, precision, channels_last, compiled, batches):
+    def __init__(self, label, binary, stage_index, precision, channels_last, compiled, batches,
+                 device=torch.device("cpu")):
         overrides = [f"precision={precision}", f"channels_last={str(channels_last).lower()}"]
         if not binary:
             overrides.append("binarize=null")
         cfg = load_run_config("cifar10-resnet20-biper", overrides)
         stage = self.stage = cfg.stages[stage_index]
         torch.manual_seed(0)
-        self.model = build_model_from_config(model_spec(cfg, stage_index, 10))
+        self.model = build_model_from_config(model_spec(cfg, stage_index, 10)).to(device)
+        self.device = device
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if compiled else self.model
@@ -82,24 +85,33 @@ class Case:
         self.label, self.binary, self.precision, self.channels_last = label, binary, precision, channels_last
         self.key = (binary, precision, channels_last, compiled, stage_index)
         cl = torch.channels_last if channels_last else torch.contiguous_format
-        self.batches = [(x.contiguous(memory_format=cl), y) for x, y in batches]
+        self.batches = [(x.to(device).contiguous(memory_format=cl), y.to(device)) for x, y in batches]
         self.times: list[float] = []
         self.cpu: list[float] = []
 
     def steps(self, n: int) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) per step over ``n`` engine training steps."""
+        device = self.device
+        _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             x, y = self.batches[i % len(self.batches)]
             train_step(self.model, self.task, self.optimizer, x, y, progress=0.5, lr=self.stage.lr,
                        net=self.net, grad_clip=self.stage.grad_clip, precision=self.precision)
+        _sync(device)
         return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
     def eval_seconds(self, test_set) -> float:
         loader = TensorLoader(test_set, 500, train=False, channels_last=self.channels_last)
         t0 = time.perf_counter()
-        evaluate(self.net, loader, device=torch.device("cpu"), precision=self.precision)
+        evaluate(self.net, loader, device=self.device, precision=self.precision)
+        _sync(self.device)
         return (time.perf_counter() - t0) * 10000 / len(test_set)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -111,6 +123,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eval-images", type=int, default=2000, help="test images timed for evaluation")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc thresholds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,7 +141,10 @@ def main() -> None:
           f"malloc tuning {'on' if tuned else 'off'}, activation kernels {fused.backend()}")
     print(f"# median over {args.rounds} interleaved rounds of {args.steps} steps (batch 256) per case, after "
           f"{args.warmup} warm-up steps; epoch = {STEPS_PER_EPOCH} steps; eval = 10,000 images")
-    cases = [Case(*spec, batches) for spec in CASES + (COMPILED if args.compile else [])]
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        print(f"# device {torch.cuda.get_device_name(device)}")
+    cases = [Case(*spec, batches, device=device) for spec in CASES + (COMPILED if args.compile else [])]
     evals = {}
     for case in cases:
         t0 = time.perf_counter()

@@ -77,6 +77,7 @@ CLOSED_FORM = {
     "resnet18_imagenet": _resnet_imagenet((2, 2, 2, 2)),
     "resnet34_imagenet": _resnet_imagenet((3, 4, 6, 3)),
     "vit_tiny": _vit(192, 12),
+    "vit_mini": _vit(128, 6, tokens=65, patch=4, classes=10),
     "mlp": 192 * 64 + 2 * 64 * 64 + 3 * 2 * 64 + 64 * 10 + 10,
 }
 
@@ -93,6 +94,7 @@ INTENDED = {
     "resnet34_imagenet": (32, _is_block_3x3),
     "vgg_small_cifar": (5, lambda n, m: isinstance(m, nn.Conv2d) and n in {f"conv{i}" for i in range(1, 6)}),
     "vit_tiny": (48, lambda n, m: isinstance(m, nn.Linear) and n.startswith("blocks.")),
+    "vit_mini": (24, lambda n, m: isinstance(m, nn.Linear) and n.startswith("blocks.")),
     "mlp": (2, lambda n, m: isinstance(m, nn.Linear) and n in ("body.3", "body.6")),
 }
 

@@ -26,7 +26,7 @@ BAD = [
     ("stages.0.epochs=2.5", "stages.0.epochs: must be an integer >= 1"),
     ("stages.0.epochs=true", "stages.0.epochs: must be an integer >= 1, got True"),
     ("stages.1.lrr=0.1", "stages.1.lrr: unknown key (did you mean 'lr'?)"),
-    ("stages.0.optimizer=sdg", "stages.0.optimizer: must be one of sgd, adam, adamw, got 'sdg' (did you mean 'sgd'?)"),
+    ("stages.0.optimizer=sdg", "stages.0.optimizer: must be one of sgd, adam, adamw, bop, got 'sdg' (did you mean 'sgd'?)"),
     ("stages.0.momentum=1.0", "stages.0.momentum: must be a finite number in [0, 1)"),
     ("stages.0.warmup_epochs=3", "stages.0.warmup_epochs: must be <= epochs (2)"),
     ("stages.0.label_smoothing=1", "stages.0.label_smoothing: must be a finite number in [0, 1)"),

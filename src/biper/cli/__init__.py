@@ -17,7 +17,7 @@ from ..errors import BiperError
 __all__ = ["main", "COMMANDS"]
 
 # module name under biper.cli, in the order shown by --help
-COMMANDS = ("quantizers", "recipes", "train", "eval", "qe", "analyze", "export", "infer", "summary", "bench")
+COMMANDS = ("quantizers", "recipes", "train", "compare", "eval", "qe", "analyze", "export", "infer", "summary", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,8 @@ as in the paper use a config with ``input_quantizer=None``.
 
 ``vit_tiny`` is DeiT-Ti (dim 192, depth 12, 3 heads, MLP 4x, 5.72M parameters at 224x224 /
 patch 16); ``img_size`` and ``patch_size`` adapt it to small images (e.g. 32 and 4 for
-CIFAR-10). Other sizes are one `VisionTransformer(...)` call away (DeiT-S: ``embed_dim=384,
+CIFAR-10); ``vit_mini`` (dim 128, depth 6, 4 heads, 32x32 / patch 4) is small enough to train on
+a CPU. Other sizes are one `VisionTransformer(...)` call away (DeiT-S: ``embed_dim=384,
 num_heads=6``). There is no BatchNorm, so `conv_bn_pairs` is
 empty.
 
@@ -131,3 +132,8 @@ def vit_tiny(*, num_classes: int = 1000, img_size: int = 224, patch_size: int = 
     """DeiT-Ti: ViT with dim 192, depth 12, 3 heads, MLP 4x; 5.72M params at 224/16."""
     return VisionTransformer(num_classes, img_size, patch_size, embed_dim=192, depth=12, num_heads=3)
 
+
+@register_model(dataset="cifar10", input_size=(3, 32, 32), num_classes=10, params=1_205_898)
+def vit_mini(*, num_classes: int = 10, img_size: int = 32, patch_size: int = 4) -> VisionTransformer:
+    """A small ViT for CPU experiments: dim 128, depth 6, 4 heads, MLP 4x; 1.21M params at 32/4."""
+    return VisionTransformer(num_classes, img_size, patch_size, embed_dim=128, depth=6, num_heads=4)

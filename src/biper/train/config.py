@@ -14,12 +14,14 @@ model.name / num_classes    registered model (`biper.models.list_models`); class
 model.kwargs                options of the model entrypoint (e.g. ``img_size``)
 binarize                    a `biper.BinarizeConfig` mapping, or null for a full-precision model
 data.*                      dataset, data_dir, batch_size, eval_batch_size, augment, subset, ...
-stages[i].*                 epochs, max_steps, optimizer (sgd|adam|adamw), lr, momentum, nesterov,
+stages[i].*                 epochs, max_steps, optimizer (sgd|adam|adamw|bop), lr, momentum, nesterov,
                             betas, eps, weight_decay, weight_decay_on (all|conv_linear|
                             no_bias_norm), lr_schedule (cosine|linear|constant), warmup_epochs,
                             min_lr, label_smoothing, tau, grad_clip, binarize (overrides merged
                             into the run's; unused when the stage is full precision),
                             full_precision, init_from (previous|null|path), task
+stages[i].bop               with optimizer bop: gamma, threshold, float_optimizer (sgd|adam|adamw),
+                            gamma_schedule (constant|lr) (`biper.train.bop`)
 stages[i].task              name (classification|distillation), teacher (previous|path), alpha,
                             temperature
 precision                   fp32 | bf16 (autocast; CPU or GPU) | amp (float16 + GradScaler, GPU)
@@ -54,11 +56,12 @@ from ..recipes import deep_merge
 from ..transform import BinarizeConfig
 from ..validate import (ConfigError, check_bool, check_choice, check_int, check_keys, check_mapping,
                        check_number, check_str, wrap_errors)
+from .bop import check_bop
 
 __all__ = ["ModelConfig", "DataConfig", "TaskConfig", "StageConfig", "RunConfig", "deep_merge",
            "OPTIMIZERS", "LR_SCHEDULES", "WEIGHT_DECAY_ON", "PRECISIONS", "TASKS"]
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 WEIGHT_DECAY_ON = ("all", "conv_linear", "no_bias_norm")
 PRECISIONS = ("fp32", "bf16", "amp")
@@ -195,6 +198,7 @@ class StageConfig(_Config):
     full_precision: bool = False
     init_from: str | None = "previous"
     task: TaskConfig = field(default_factory=TaskConfig)
+    bop: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, minimum=1)
@@ -231,6 +235,9 @@ class StageConfig(_Config):
         if self.init_from in ("none", "null", ""):
             self._set("init_from", None)
         self._set_nested("task", TaskConfig, "a mapping with keys name, teacher, alpha, temperature")
+        self._set("bop", check_bop(self.bop))
+        if self.bop is not None and self.optimizer != "bop":
+            raise ConfigError("bop", f"Bop settings need optimizer bop (this stage uses {self.optimizer})")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -92,8 +92,13 @@ def param_groups(model: nn.Module, weight_decay: float, on: str = "all") -> list
 
 
 def build_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam or AdamW over `param_groups`, learning rate ``stage.lr``."""
+    """SGD (momentum, nesterov), Adam or AdamW over `param_groups`, learning rate ``stage.lr``;
+    ``bop``: `biper.train.bop.build_bop` (Bop for binary weights, a float optimizer for the rest)."""
     groups = param_groups(model, stage.weight_decay, stage.weight_decay_on)
+    if stage.optimizer == "bop":
+        from .bop import build_bop
+
+        return build_bop(model, stage, groups)
     if stage.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, nesterov=stage.nesterov)
     if stage.optimizer == "adam":
