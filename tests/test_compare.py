@@ -90,7 +90,7 @@ def test_interrupted_comparison_resumes_and_repeats_nothing(recipe, tmp_path, mo
             real_step = engine.Trainer._step
             def step(self, s, step, *a):
                 if self.global_step == 3:
-                    self._signal = signal.SIGINT
+                    self.signals.signum = signal.SIGINT
                 return real_step(self, s, step, *a)
             monkeypatch.setattr(engine.Trainer, "_step", step)
             try:

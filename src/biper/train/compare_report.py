@@ -13,7 +13,7 @@ import csv
 import io
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
+from ..files import atomic_write
 from .metrics import write_json
 
 __all__ = ["write_report", "markdown_table"]
@@ -48,7 +48,7 @@ def write_report(out: str | Path, results: dict, *, plot: bool = True) -> None:
     writer.writeheader()
     for run in results["runs"]:
         writer.writerow(run)
-    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "results.csv", buf.getvalue().encode())
     budget = (f"{results['epochs']} epochs" if results.get("epochs") else
               f"{results['max_steps']} steps" if results.get("max_steps") else "the recipes' own")
     extra = f"; subset {results['subset']}" if results.get("subset") else ""
@@ -59,7 +59,7 @@ def write_report(out: str | Path, results: dict, *, plot: bool = True) -> None:
         extra += f"; UNFINISHED: {done} of {planned} runs done"
     head = (f"# Comparison on {results['recipe']}\n\nSeeds {', '.join(map(str, results['seeds']))}; "
             f"budget per run: {budget}{extra}.\n\n")
-    atomic_write_bytes(out / "results.md", (head + markdown_table(results)).encode())
+    atomic_write(out / "results.md", (head + markdown_table(results)).encode())
     if plot:
         from ..analysis.curves import plot_accuracy_curves
 
