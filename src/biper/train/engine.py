@@ -54,6 +54,7 @@ from ..data.progress import Progress, notice
 from ..errors import BiperError
 from ..native import tune_allocator
 from ..nn import clip_latent_weights_
+from ..analysis.flips import FlipTracker
 from ..quantizers import fused, set_progress
 from . import checkpoint as ck
 from . import distributed as ddp
@@ -117,6 +118,7 @@ class Trainer:
         self.wall_base = 0.0
         self.last_path: Path | None = None
         self._signal: int | None = None
+        self.flips = FlipTracker()
         self._t0 = self._last_beat = time.perf_counter()
 
     # -- the run ------------------------------------------------------------------------------
@@ -298,6 +300,7 @@ class Trainer:
             test_loss, test_acc = evaluate(net, test_loader, device=self.device, precision=cfg.precision,
                                            desc=f"{stage.name} eval", quiet=self.quiet)
             row = self._row(index, epoch, lr, _global_sums(acc), test_loss, test_acc)
+            row.update(self.flips.update(model))  # flip rate, mean |B'|, soft fraction per binary layer
             acc = _fresh_epoch()
             self._save(state, step, acc, stage_done=step >= total)
             if self.main:
