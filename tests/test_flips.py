@@ -130,3 +130,20 @@ def test_plot_flips_bad_input(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     assert main(["plot-flips", str(tmp_path), "--out", str(tmp_path / "f.png"), "--label", "a", "--label", "b"]) == 2
     assert "--label given 2 time(s) for 1 run(s)" in capsys.readouterr().err
+
+
+def test_qe_report_follows_the_surrogate_and_its_current_omega0():
+    from biper.analysis.report import analyze_model
+    from biper.theory import surrogates
+
+    model = _model("biper_tanh", {"omega0": 20.0, "beta": 4.0, "target_qe": 0.05}, n=(1024, 256))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.distributions.Laplace(0.0, 0.04).sample(model[0].weight.shape))
+    FlipTracker().update(model)  # re-targets omega0
+    row = analyze_model(model)[0]
+    omega0 = model[0].weight_quantizer.omega0
+    assert row.omega0 == omega0 != 20.0
+    x = omega0 * row.b
+    assert row.theory["qe_opt"] == pytest.approx(surrogates.qe_opt("tanh", x, beta=4.0))
+    # a Laplace layer matches its theory up to sampling noise (262,144 weights)
+    assert row.qe_gamma1 == pytest.approx(row.theory["qe_gamma1"], abs=0.01)

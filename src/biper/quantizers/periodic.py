@@ -134,6 +134,10 @@ class _Periodic(BiPer):
         if key == "target_qe" and value > 0 and "omega0" in getattr(self, "schedules", {}):
             raise BiperError(f"{self.name}: target_qe re-chooses omega0 each epoch; give omega0 as a number")
 
+    def theory_spec(self) -> tuple[str, dict]:
+        """(surrogate name, parameter) of the current forward for `biper.theory.surrogates`."""
+        raise NotImplementedError
+
     def optimal_scale(self, w):
         """gamma minimising mean((F(w) - gamma S(w))^2) on these weights: mean(F(w) S(w))."""
         w = w.detach()
@@ -152,6 +156,9 @@ class BiPerTanh(_Periodic):
     defaults = {"omega0": 20.0, "beta": 5.0, "target_qe": 0.0}
     choices = {}
     positive = ("omega0", "beta")
+
+    def theory_spec(self):
+        return "tanh", {"beta": float(self.beta)}
 
     def forward_fn(self, x):
         return tanh_forward(self.omega0 * x, self.beta)
@@ -180,6 +187,9 @@ class BiPerFourier(_Periodic):
         if key == "K" and not 1.0 <= value <= 4096:
             raise BiperError(f"{self.name} K must be in [1, 4096], got {value!r}")
 
+    def theory_spec(self):
+        return "fourier", {"K": float(self.K)}
+
     def forward_fn(self, x):
         return fourier_forward(self.omega0 * x, self.K)
 
@@ -201,6 +211,9 @@ class BiPerTriangle(_Periodic):
     reference = "periodic straight-through estimator for BiPer (Vargas et al. 2024)"
     defaults = {"omega0": 20.0, "stage": "square", "target_qe": 0.0}
     choices = {"stage": ("triangle", "square")}
+
+    def theory_spec(self):
+        return ("triangle" if self.stage == "triangle" else "square"), {}
 
     def forward_fn(self, x):
         x = self.omega0 * x
