@@ -4,8 +4,8 @@
 It returns the keys added to that epoch's metrics row:
 
 - ``flip_rate``: fraction of deployed weights ``binary(w)`` whose sign changed since the
-  previous call (over all binary layers, weighted by size; None on the first call, or after a
-  resume, when there is nothing to compare with);
+  previous call (over all binary layers, weighted by size; None on the first call, when there
+  is nothing to compare with; the remembered signs travel with checkpoints, see `state_dict`);
 - ``mean_abs_bprime``: mean over all binary weights of ``|B'(w)|``, the backward multiplier;
 - ``soft_frac``: fraction of weights whose training forward ``F(w)`` differs from the deployed
   ``binary(w)`` by more than ``SOFT_TOL`` (0 for methods that train with the binary weights;
@@ -81,6 +81,13 @@ class FlipTracker:
 
     def __init__(self) -> None:
         self.previous: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The remembered signs (bool tensors by layer name), for a checkpoint."""
+        return dict(self.previous)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.previous = {k: v.bool() for k, v in state.items()}
 
     def update(self, model: nn.Module) -> dict[str, Any]:
         layers: dict[str, dict[str, Any]] = {}

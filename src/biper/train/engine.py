@@ -155,6 +155,7 @@ class Trainer:
             self.last_path, ckpt = start
             metrics = ckpt["metrics"]
             self.history, self.best = list(metrics["history"]), metrics["best"]
+            self.flips.load_state_dict(ckpt.get("flips") or {})
             self.wall_base, self.global_step = float(metrics["wall_time"]), int(ckpt["progress"]["global_step"])
             progress = ckpt["progress"]
             first = progress["stage"]
@@ -443,6 +444,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": ddp.cuda_rng_states()},  # this GPU's only under DDP
             "metrics": {"history": self.history, "epoch": acc, "best": self.best, "wall_time": self._wall()},
+            "flips": self.flips.state_dict(),  # last epoch-end deployed signs, so a resume is exact
         }
         name = ck.checkpoint_name(self.global_step, index if stage_done else None)
         self.last_path = ck.save_checkpoint(self.ckpt_dir / name, payload)
