@@ -56,7 +56,8 @@ def layer_diagnostics(layer: nn.Module) -> tuple[torch.Tensor, dict[str, Any]]:
     binary = q.binary(w)
     out: dict[str, Any] = {
         "numel": w.numel(),
-        "mean_abs_bprime": float(q.backward_fn(w).abs().mean()),
+        # float64 and 10 significant digits: independent of vector paths and reduction order (threads, processes)
+        "mean_abs_bprime": float(f"{float(q.backward_fn(w.double()).abs().mean()):.10g}"),
         "soft_frac": float(((q.forward_fn(w) - binary).abs() > SOFT_TOL).float().mean()),
     }
     if hasattr(q, "omega0"):
