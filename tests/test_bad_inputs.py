@@ -133,6 +133,12 @@ CASES = [
     (["qe", "--omega", "0", "--b", "0.05"], "--omega must be > 0, got 0.0"),
     (["qe", "--omega", "20", "--b", "-1"], "--b must be > 0, got -1.0"),
     (["qe", "--b", "0.05", "--target-qe", "2"], "target_qe 2 is not reachable"),
+    (["qe", "--surrogate", "sawtooth", "--omega", "20", "--b", "0.05"], "unknown surrogate 'sawtooth'"),
+    (["qe", "--surrogate", "tanh:-1", "--omega", "20", "--b", "0.05"], "beta must be > 0 and finite"),
+    (["train", "cifar10-resnet20-biper-fourier-cpu", "binarize.weight_params.K=0.5"], "K must be in [1, 4096]"),
+    (["train", "cifar10-resnet20-biper-tanh-cpu", "binarize.weight_params.target_qe=0.5"],
+     "target_qe must be in [0, 0.1)"),
+    (["plot-flips", "/nonexistent-run", "--out", "x.png"], "cannot read /nonexistent-run/metrics.jsonl"),
 ]
 
 ARGPARSE_CASES = [

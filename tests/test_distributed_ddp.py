@@ -208,6 +208,9 @@ def assert_rows_close(a: list[dict], b: list[dict], rel: float = 1e-9) -> None:
     for x, y in zip(a, b):
         assert x.keys() == y.keys()
         for key in x:
+            if isinstance(y[key], dict):  # per-layer diagnostics: {layer: {metric: value}}
+                assert_rows_close([x[key]], [y[key]], rel)
+                continue
             assert x[key] == (pytest.approx(y[key], rel=rel, abs=1e-12) if isinstance(y[key], float) else y[key]), key
 
 

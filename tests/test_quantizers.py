@@ -55,6 +55,19 @@ REFERENCE = {
         ({"omega0": 7.5, "stage": "square"}, lambda x, p: np_sign(np.sin(7.5 * x)), lambda x, p: 7.5 * np.cos(7.5 * x)),
         ({"omega0": 30.0, "stage": "sine"}, lambda x, p: np.sin(30.0 * x), lambda x, p: 30.0 * np.cos(30.0 * x)),
     ],
+    "biper_tanh": [
+        ({"beta": 3.0}, lambda x, p: np.tanh(3.0 * np.sin(20.0 * x)) / np.tanh(3.0),
+         lambda x, p: 3.0 * 20.0 * np.cos(20.0 * x) / np.cosh(3.0 * np.sin(20.0 * x)) ** 2 / np.tanh(3.0)),
+    ],
+    "biper_fourier": [
+        ({"K": 2.0}, lambda x, p: (4 / np.pi) ** 0.5 * (np.sin(20.0 * x) + np.sin(60.0 * x) / 3),
+         lambda x, p: (4 / np.pi) ** 0.5 * 20.0 * (np.cos(20.0 * x) + np.cos(60.0 * x))),
+    ],
+    "biper_triangle": [
+        ({}, lambda x, p: np_sign(np.sin(20.0 * x)), lambda x, p: 40.0 / np.pi * np_sign(np.cos(20.0 * x))),
+        ({"stage": "triangle"}, lambda x, p: 2 / np.pi * np.arcsin(np.sin(20.0 * x)),
+         lambda x, p: 40.0 / np.pi * np_sign(np.cos(20.0 * x))),
+    ],
     "ste_sign": [
         ({}, lambda x, p: np_sign(x), lambda x, p: (np.abs(x) <= 1.0) * 1.0),
         ({"clip": 2.0}, lambda x, p: np_sign(x), lambda x, p: (np.abs(x) <= 2.0) * 1.0),

@@ -4,7 +4,9 @@ For every binary layer (a module with a weight quantizer; in a state dict, a pre
 ``<layer>.weight_quantizer._extra_state`` entry) the report gives:
 
 - the latent weights' Laplace fit: location (median) and scale ``b`` (maximum likelihood);
-- BiPer only: ``omega0``, ``x = omega0 b`` and the closed forms at x (`biper.theory`):
+- BiPer and its periodic surrogates (their current omega0, which a schedule or an epoch-end
+  re-targeting may have moved; for a surrogate F, gamma*, QE(gamma=1), QE* are F's own from
+  `biper.theory.surrogates`): ``omega0``, ``x = omega0 b`` and the closed forms at x (`biper.theory`):
   E[sin^2], gamma*, QE(gamma=1), QE*, the fraction of weights beyond the first lobe
   (``e^{-pi/x}``) and with a flipped sign (``1/(e^{pi/x}+1)``);
 - measured on the layer's own weights (`biper.analysis.measure`): QE at gamma = 1, QE at gamma*
@@ -94,7 +96,7 @@ class LayerReport:
 
 
 def _is_biper(q: Quantizer) -> bool:
-    return q.name == "biper"
+    return q.name == "biper" or hasattr(q, "theory_spec")  # BiPer or one of its periodic surrogates
 
 
 @torch.no_grad()
@@ -105,7 +107,7 @@ def layer_report(spec: LayerSpec) -> LayerReport:
     loc = float(w.median())
     b = laplace_b(w)
     binary = q.binary(w).double()
-    t = qe_target(q, w)
+    t = qe_target(q, w, "forward" if hasattr(q, "theory_spec") else "auto")
     g_emp = resolve_gamma(q, w, "emp", t, binary)
     g_opt = resolve_gamma(q, w, "opt", t, binary)
     omega0 = x = beyond = th = None
@@ -121,6 +123,13 @@ def layer_report(spec: LayerSpec) -> LayerReport:
             "frac_beyond_first_lobe": float(theory.frac_beyond_first_lobe(x)),
             "frac_sign_flip": float(theory.frac_sign_flip(x)),
         }
+        if hasattr(q, "theory_spec"):  # a surrogate F: its own E[F S] and QE (biper.theory.surrogates)
+            from ..theory import surrogates
+
+            name, param = q.theory_spec()
+            m = surrogates.moments(name, x, **param)
+            th.update(gamma_opt=m["e_fs"], qe_gamma1=m["e_f2"] - 2.0 * m["e_fs"] + 1.0,
+                      qe_opt=m["e_f2"] - m["e_fs"] ** 2)
     plain_sign = torch.where(w >= 0, 1.0, -1.0).double()
     alpha = None
     if spec.alpha is not None:

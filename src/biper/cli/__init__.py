@@ -17,7 +17,8 @@ from ..errors import BiperError
 __all__ = ["main", "COMMANDS"]
 
 # module name under biper.cli, in the order shown by --help
-COMMANDS = ("quantizers", "recipes", "train", "compare", "eval", "qe", "analyze", "export", "infer", "summary", "bench")
+COMMANDS = ("quantizers", "recipes", "train", "compare", "eval", "qe", "analyze", "export", "infer", "summary", "bench",
+            "plot_flips")
 
 
 def build_parser() -> argparse.ArgumentParser:

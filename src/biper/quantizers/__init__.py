@@ -3,7 +3,7 @@
 See `biper.quantizers.base` for the (F, B') model, `weight` and `activation` for the pairs.
 """
 
-from . import activation, weight  # noqa: F401  (registers the pairs)
+from . import activation, periodic, weight  # noqa: F401  (registers the pairs)
 from .base import (
     KINDS,
     PairFunction,

@@ -2,6 +2,8 @@
 
 - `sine`: BiPer's sine / square-wave pair for Laplace latent weights: ``E[sin^2]``, the
   optimal scale ``gamma*``, the quantization error ``QE`` and ``QE*``, their limits.
+- `surrogates`: the same quantities for the periodic surrogates (Fourier partial sums in closed
+  form; tanh and triangle by exact per-lobe quadrature).
 """
 
 from __future__ import annotations

@@ -7,9 +7,7 @@ steps of `train_step`; after each epoch it evaluates, appends a metrics row, wri
 CPU an interrupted and resumed run ends with the same ``weights_sha256``). SIGINT / SIGTERM
 write a checkpoint and raise `TrainingInterrupted`; a NaN/Inf loss raises `NonFiniteLoss`.
 
-Example::
-
-    >>> summary = train(load_run_config("cifar10-resnet20-biper-cpu", data_dir="../shared/data"), "runs/r20")
+Example: ``summary = train(load_run_config("cifar10-resnet20-biper-cpu", data_dir="../shared/data"), "runs/r20")``.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.flips import FlipTracker
 from ..data.loader import derive_seed
 from ..data.progress import Progress, notice
 from ..errors import BiperError
@@ -62,8 +61,6 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                  quiet: bool = False):
-        if not isinstance(config, RunConfig):
-            raise BiperError(f"train expects a RunConfig (see load_run_config), got {type(config).__name__}")
         self.config, self.out, self.resume, self.quiet = config, Path(out_dir), resume, quiet
         self.ckpt_dir = self.out / "checkpoints"
         self.device = ddp.rank_device(config.device)  # cuda:LOCAL_RANK under torchrun
@@ -75,6 +72,7 @@ class Trainer:
         self.global_step, self.wall_base = 0, 0.0
         self.last_path: Path | None = None
         self.signals = SignalCatcher(notice)
+        self.flips = FlipTracker()
         self._t0 = self._last_beat = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
@@ -105,6 +103,7 @@ class Trainer:
             metrics, progress = ckpt["metrics"], ckpt["progress"]
             self.history, self.best = list(metrics["history"]), metrics["best"]
             self.wall_base, self.global_step = float(metrics["wall_time"]), int(progress["global_step"])
+            self.flips.load_state_dict(ckpt.get("flips") or {})
             first = progress["stage"]
             if progress["stage_done"]:
                 first, prev_state, ckpt = first + 1, ckpt["model"], None
@@ -179,6 +178,7 @@ class Trainer:
                                            desc=f"{stage.name} eval", quiet=self.quiet)
             row = epoch_row(stage.name, index, epoch, self.global_step, lr, acc.global_sums(), test_loss,
                             test_acc, self._wall())
+            row.update(self.flips.update(s.model))  # flip rate, mean |B'|, soft fraction per binary layer
             self.history.append(row)
             if self.best is None or test_acc > self.best["test_acc"]:
                 self.best = {"test_acc": test_acc, "stage": row["stage"], "epoch": row["epoch"]}
@@ -225,7 +225,7 @@ class Trainer:
     def _write_checkpoint(self, s: StageState, step: int, totals: EpochTotals, stage_done: bool) -> Path:
         payload = checkpoint_payload(s, config=self.config, step=step, global_step=self.global_step,
                                      stage_done=stage_done, totals=totals, history=self.history,
-                                     best=self.best, wall_time=self._wall())
+                                     best=self.best, wall_time=self._wall(), flips=self.flips.state_dict())
         name = ck.checkpoint_name(self.global_step, s.index if stage_done else None)
         self.last_path = ck.save_checkpoint(self.ckpt_dir / name, payload)
         ck.prune_rolling(self.ckpt_dir, self.config.keep_checkpoints)

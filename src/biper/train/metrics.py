@@ -7,7 +7,9 @@ missing epoch. Only the main process (rank 0) writes files or prints; distribute
 
 Row keys: ``stage``, ``stage_index``, ``epoch`` (1-based within the stage), ``global_step``,
 ``lr``, ``train_loss``, ``train_acc``, ``reg``, ``test_loss``, ``test_acc`` (accuracies in %),
-``epoch_time`` (s), ``wall_time`` (s since the run started, excluding lost work).
+``epoch_time`` (s), ``wall_time`` (s since the run started, excluding lost work); binary models
+add ``flip_rate``, ``mean_abs_bprime``, ``soft_frac`` and the per-layer ``layers``
+(`biper.analysis.flips`).
 
 Example::
 
@@ -31,7 +33,8 @@ __all__ = ["COLUMNS", "write_metrics", "epoch_line", "epoch_row", "heartbeat_lin
            "write_json", "log"]
 
 COLUMNS = ("stage", "stage_index", "epoch", "global_step", "lr", "train_loss", "train_acc", "reg",
-           "test_loss", "test_acc", "epoch_time", "wall_time")
+           "test_loss", "test_acc", "epoch_time", "wall_time",
+           "flip_rate", "mean_abs_bprime", "soft_frac", "layers")
 
 
 def rank_world() -> tuple[int, int]:
@@ -72,7 +75,7 @@ def write_metrics(run_dir: str | os.PathLike, history: list[dict[str, Any]]) -> 
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row.get(k) for k in COLUMNS})
+        writer.writerow({k: json.dumps(row[k]) if isinstance(row.get(k), dict) else row.get(k) for k in COLUMNS})
     atomic_write(run_dir / "metrics.csv", buf.getvalue().encode(), error=CheckpointWriteError)
 
 

@@ -76,8 +76,10 @@ class EpochTotals:
 
 
 def checkpoint_payload(s: StageState, *, config, step: int, global_step: int, stage_done: bool,
-                       totals: EpochTotals, history: list, best: dict | None, wall_time: float) -> dict:
-    """Everything a checkpoint of stage ``s`` after ``step`` of its steps holds."""
+                       totals: EpochTotals, history: list, best: dict | None, wall_time: float,
+                       flips: dict | None = None) -> dict:
+    """Everything a checkpoint of stage ``s`` after ``step`` of its steps holds (``flips``: the
+    flip tracker's last epoch-end deployed signs, so that a resumed run's flip rates are exact)."""
     epoch, batch = divmod(step, s.spe)
     return {
         "model": s.model.state_dict(), "model_config": s.spec.to_dict(), "config": config.to_dict(),
@@ -89,6 +91,7 @@ def checkpoint_payload(s: StageState, *, config, step: int, global_step: int, st
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,
         "rng": {"torch": torch.get_rng_state(), "cuda": ddp.cuda_rng_states()},  # this GPU's only under DDP
         "metrics": {"history": history, "epoch": totals.to_dict(), "best": best, "wall_time": wall_time},
+        "flips": flips or {},
     }
 
 
