@@ -12,24 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import _positive_int
-
-
-def _list(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list, got {text!r}")
-    return items
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(t) for t in _list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if any(s < 0 for s in seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
-    return seeds
+from ._args import int_list, name_list, positive_int
 
 
 def add_parser(sub) -> None:
@@ -37,15 +20,15 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", metavar="RECIPE", help="base recipe (model, data, runtime; e.g. cifar10-resnet20-bc)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
-    p.add_argument("--methods", type=_list, required=True, metavar="M1,M2",
+    p.add_argument("--methods", type=name_list, required=True, metavar="M1,M2",
                    help="biper,bop,bnn,bnn+,bnn++,bc,pc,rpc,fp or NAME=RECIPE")
-    p.add_argument("--seeds", type=_seeds, default=[0], metavar="S1,S2", help="seeds (default 0)")
+    p.add_argument("--seeds", type=int_list, default=[0], metavar="S1,S2", help="seeds (default 0)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=_positive_int, metavar="N", help="total epochs per run")
-    budget.add_argument("--max-steps", type=_positive_int, metavar="N", help="total optimizer steps per run")
+    budget.add_argument("--epochs", type=positive_int, metavar="N", help="total epochs per run")
+    budget.add_argument("--max-steps", type=positive_int, metavar="N", help="total optimizer steps per run")
     p.add_argument("--out", metavar="DIR", required=True, help="comparison folder")
     p.add_argument("--data-dir", metavar="D", help="dataset folder (sets data.data_dir)")
-    p.add_argument("--subset", type=_positive_int, metavar="N", help="use only the first N train and N test examples")
+    p.add_argument("--subset", type=positive_int, metavar="N", help="use only the first N train and N test examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars (epoch lines are still printed)")
     p.add_argument("--no-plot", action="store_true", help="skip curves.png (no matplotlib needed)")
     p.set_defaults(run=run)

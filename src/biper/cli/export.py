@@ -59,14 +59,13 @@ def run(args) -> int:
         "fold_method": info.report.fold_method,
     }
     if not args.no_verify:
-        from ..train import build_model_from_config, load_checkpoint
+        from ..deploy.export import checkpoint_model
 
-        reference = build_model_from_config(load_checkpoint(args.checkpoint)).eval()
+        reference = checkpoint_model(args.checkpoint)[2].eval()
         packed = load_packed(args.output)
         with torch.no_grad():
             result["verify"] = compare_models(reference, packed, packed.packed_meta["meta"].get("input_size"))
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if _print_json(args, result):
         return 0
     print(f"wrote {info.path}: {info.file_bytes / 1024:,.1f} KiB "
           f"({info.size_ratio:.3f}x the theoretical {info.theoretical_bytes / 1024:,.1f} KiB: "
@@ -74,14 +73,26 @@ def run(args) -> int:
     print(f"packed {len(info.report.packed)} binary layers, folded {len(info.report.folded)} "
           f"BatchNorms ({info.report.fold_method})"
           + (f", kept {len(info.report.kept)} as they were" if info.report.kept else ""))
-    if "verify" in result:
-        v = result["verify"]
-        print(f"verified on {v['samples']} random inputs: predictions agree {v['agree']}/{v['samples']}, "
-              f"max |logit difference| {v['max_abs_diff']:.2e}"
-              + (" (against the deployed signs: this model trains with soft weights)" if v["soft_weights"] else ""))
-        if v["agree"] != v["samples"]:
-            return 1
-    return 0
+    return _report_verify(result.get("verify"), "")
+
+
+def _print_json(args, result: dict) -> bool:
+    """With ``--json``, print ``result`` as JSON and return True."""
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+    return bool(args.json)
+
+
+def _report_verify(v: dict | None, how: str) -> int:
+    """Print one line about a `compare_models`-style check; 1 when a prediction disagrees."""
+    if not isinstance(v, dict):
+        return 0
+    print(f"verified{how} on {v['samples']} random inputs: predictions agree {v['agree']}/{v['samples']}, "
+          f"max |logit difference| {v['max_abs_diff']:.2e}"
+          + (" (against the deployed signs: this model trains with soft weights)" if v.get("soft_weights") else ""))
+    return 1 if v["agree"] != v["samples"] else 0
 
 
 def _run_c(args) -> int:
@@ -97,18 +108,13 @@ def _run_c(args) -> int:
     if not args.no_verify:
         result["verify"] = (verify_c(info.out_dir, model, prog.input_size) if find_cc()
                             else "skipped: no C compiler found")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
+    if not _print_json(args, result):
         print(f"wrote {info.out_dir}/{{model.h,model.c,demo.c,README.md}}: {len(prog.ops)} layer calls, "
               f"{len(prog.binary_layers)} W1A1 layers, {info.const_bytes:,} bytes of weights, "
               f"{info.arena_bytes:,}-byte static arena")
-        v = result.get("verify")
-        if isinstance(v, dict):
-            print(f"verified with the host C compiler on {v['samples']} random inputs: predictions agree "
-                  f"{v['agree']}/{v['samples']}, max |logit difference| {v['max_abs_diff']:.2e}")
-        elif v:
-            print(f"verification {v}")
+        if isinstance(result.get("verify"), str):
+            print(f"verification {result['verify']}")
+        return _report_verify(result.get("verify"), " with the host C compiler")
     v = result.get("verify")
     return 1 if isinstance(v, dict) and v["agree"] != v["samples"] else 0
 
@@ -119,8 +125,7 @@ def _onnx(args) -> int:
     from ..deploy.onnx_export import export_file_onnx
 
     r = export_file_onnx(args.checkpoint, args.output, verify=not args.no_verify)
-    if args.json:
-        print(json.dumps(r, indent=2))
+    if _print_json(args, r):
         return 0
     print(f"wrote {r['path']}: ONNX opset {r['opset']}, {r['file_bytes'] / 1024:,.1f} KiB, "
           f"{r['size_ratio']:.3f}x the packed file ({r['biper_bytes'] / 1024:,.1f} KiB); "
@@ -128,9 +133,4 @@ def _onnx(args) -> int:
     v = r.get("verify")
     if v is None and not args.no_verify:
         print("not verified: onnxruntime is not installed (pip install 'biper[onnx]')")
-    elif v is not None:
-        print(f"verified with onnxruntime on {v['samples']} random inputs: predictions agree "
-              f"{v['agree']}/{v['samples']}, max |logit difference| {v['max_abs_diff']:.2e}")
-        if v["agree"] != v["samples"]:
-            return 1
-    return 0
+    return _report_verify(v, " with onnxruntime")

@@ -15,15 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+from ._args import positive_int
 
 
 def add_parser(sub) -> None:
@@ -34,10 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", metavar="D", help="dataset folder (sets data.data_dir)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last good checkpoint")
-    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="cap every stage at N optimizer steps")
-    p.add_argument("--subset", type=_positive_int, metavar="N", help="use only the first N train and N test examples")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help="cap every stage at N optimizer steps")
+    p.add_argument("--subset", type=positive_int, metavar="N", help="use only the first N train and N test examples")
     p.add_argument("--quiet", action="store_true", help="no progress bars (epoch lines are still printed)")
-    p.add_argument("--nproc", type=_positive_int, metavar="N",
+    p.add_argument("--nproc", type=positive_int, metavar="N",
                    help="data-parallel over N processes on this machine (torchrun; one per GPU, gloo on CPU)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(run=run)

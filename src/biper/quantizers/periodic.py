@@ -145,8 +145,30 @@ class _Periodic(BiPer):
         return (self.forward_fn(w) * square_forward(x)).mean()
 
 
+class _SmoothPeriodic(_Periodic):
+    """F is a smooth periodic surrogate of one shape parameter and B' = F' (P = identity):
+    subclasses name the parameter, the theory key and the two pure functions."""
+
+    param: str
+    theory: str
+    choices: dict = {}
+    _forward = _backward = None  # staticmethods: F(x, param) and F'(x, param, omega0), x = omega0 w
+
+    def theory_spec(self):
+        return self.theory, {self.param: float(getattr(self, self.param))}
+
+    def forward_fn(self, x):
+        return self._forward(self.omega0 * x, getattr(self, self.param))
+
+    def backward_fn(self, x):
+        return self._backward(self.omega0 * x, getattr(self, self.param), self.omega0)
+
+    def backward_primitive(self, x):
+        return self.forward_fn(x)
+
+
 @register
-class BiPerTanh(_Periodic):
+class BiPerTanh(_SmoothPeriodic):
     """BiPer with the tanh surrogate: F = tanh(beta sin(omega0 w))/tanh(beta), B' = F'."""
 
     name = "biper_tanh"
@@ -154,50 +176,26 @@ class BiPerTanh(_Periodic):
     backward_formula = "beta omega0 cos(omega0 w) (1 - tanh^2(beta sin(omega0 w))) / tanh(beta)"
     reference = "periodic counterpart of BNN++ (Lu et al. 2023) on BiPer (Vargas et al. 2024)"
     defaults = {"omega0": 20.0, "beta": 5.0, "target_qe": 0.0}
-    choices = {}
-    positive = ("omega0", "beta")
-
-    def theory_spec(self):
-        return "tanh", {"beta": float(self.beta)}
-
-    def forward_fn(self, x):
-        return tanh_forward(self.omega0 * x, self.beta)
-
-    def backward_fn(self, x):
-        return tanh_backward(self.omega0 * x, self.beta, self.omega0)
-
-    def backward_primitive(self, x):
-        return self.forward_fn(x)
+    param, theory, positive = "beta", "tanh", ("omega0", "beta")
+    _forward, _backward = staticmethod(tanh_forward), staticmethod(tanh_backward)
 
 
 @register
-class BiPerFourier(_Periodic):
+class BiPerFourier(_SmoothPeriodic):
     """BiPer with a Fourier partial sum of the square wave over K odd harmonics, B' = F'."""
 
+    param, theory = "K", "fourier"  # K: number of odd harmonics, fractional K blends the last one in
+    defaults = {"omega0": 20.0, "K": 5.0, "target_qe": 0.0}
     name = "biper_fourier"
     forward_formula = "(4/pi)^(1-1/K) sum_{k<=K} c_k sin((2k-1) omega0 w) / (2k-1), c_k = clamp(K-k+1, 0, 1)"
     backward_formula = "(4/pi)^(1-1/K) omega0 sum_{k<=K} c_k cos((2k-1) omega0 w)"
     reference = "Fourier series of BiPer's square wave (Vargas et al. 2024)"
-    defaults = {"omega0": 20.0, "K": 5.0, "target_qe": 0.0}
-    choices = {}
-    positive = ("omega0",)
+    _forward, _backward = staticmethod(fourier_forward), staticmethod(fourier_backward)
 
     def _check(self, key, value):
         super()._check(key, value)
         if key == "K" and not 1.0 <= value <= 4096:
             raise BiperError(f"{self.name} K must be in [1, 4096], got {value!r}")
-
-    def theory_spec(self):
-        return "fourier", {"K": float(self.K)}
-
-    def forward_fn(self, x):
-        return fourier_forward(self.omega0 * x, self.K)
-
-    def backward_fn(self, x):
-        return fourier_backward(self.omega0 * x, self.K, self.omega0)
-
-    def backward_primitive(self, x):
-        return self.forward_fn(x)
 
 
 @register
