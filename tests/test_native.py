@@ -58,3 +58,16 @@ def test_disabled_by_environment(cache, monkeypatch):
     lib = _library(cache, SOURCE_OK)
     assert lib.load() is None and lib.state["reason"] == "BIPER_DISABLE_KERNELS is set"
     assert not (cache / "cache").exists() or not any((cache / "cache").iterdir())  # nothing built
+
+
+def test_cache_key_covers_local_includes(tmp_path):
+    """Editing a header the C file includes must change what the build cache is keyed on."""
+    from biper.native import source_bytes
+
+    (tmp_path / "part.h").write_text("static int f(void) { return 1; }\n")
+    src = tmp_path / "main.c"
+    src.write_text('#include <stdint.h>\n#include "part.h"\nint g(void) { return f(); }\n')
+    before = source_bytes(src)
+    assert b"return 1" in before
+    (tmp_path / "part.h").write_text("static int f(void) { return 2; }\n")
+    assert source_bytes(src) != before

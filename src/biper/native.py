@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,18 @@ FLAG_SETS = (
     ["-O3", "-fPIC", "-shared", "-ffp-contract=off"],  # compilers without OpenMP (Apple clang)
     ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-DBIPER_NO_AVX512"],  # old assemblers
 )
+
+
+def source_bytes(path: Path) -> bytes:
+    """The C file and, in order, the local files it includes (``#include "x.h"`` beside it, one
+    level deep): what the build cache key covers."""
+    data = path.read_bytes()
+    parts = [data]
+    for name in re.findall(rb'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', data, flags=re.M):
+        included = path.parent / name.decode()
+        if included.is_file():
+            parts.append(included.read_bytes())
+    return b"\0".join(parts)
 
 
 def cache_dir() -> Path:
@@ -116,7 +129,7 @@ class NativeLibrary:
         if found is None:
             raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
         cc, version = found
-        source = self.source.read_bytes()
+        source = source_bytes(self.source)
         folder = writable_cache()
         errors = []
         for flags in FLAG_SETS:

@@ -15,8 +15,9 @@ The operations of a binary layer (see `biper.deploy.modules`):
 * ``conv2d(...)``: pack + GEMM in one native call, the GEMM reading each output pixel's taps in
   place (implicit im2col); the reference path composes the three functions above.
 
-Build: one C file, ``csrc/bitkernels.c``, compiled on first use with the system C compiler
-(`biper.native`: per-user cache keyed by source, compiler and flags) and called through ctypes
+Build: one translation unit, ``csrc/bitkernels.c`` with its ``bitkernels_*.h`` parts, compiled
+on first use with the system C compiler (`biper.native`: per-user cache keyed by the sources,
+compiler and flags) and called through ctypes
 on tensor data pointers; per-function ``target`` attributes put AVX-512 VPOPCNTDQ, AVX2 and
 portable variants in one binary and ``__builtin_cpu_supports`` picks one at run time. It shares
 torch's OpenMP thread pool. docs/deploy.md has the measured speeds and the alternatives weighed.
