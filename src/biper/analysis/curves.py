@@ -22,14 +22,16 @@ def plot_accuracy_curves(path: str | os.PathLike, curves: dict[str, list[list[fl
     are cut to the shortest. Mean over seeds as a line, min..max over seeds as a band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
-    for name, runs in curves.items():
+    palette = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors  # one colour per method
+    for k, (name, runs) in enumerate(curves.items()):
         n = min(len(r) for r in runs) if runs else 0
         if n == 0:
             continue
         cols = [[r[i] for r in runs] for i in range(n)]
         xs = list(range(1, n + 1))
         mean = [sum(c) / len(c) for c in cols]
-        line, = ax.plot(xs, mean, marker="o", markersize=3, label=f"{name} (n={len(runs)})")
+        line, = ax.plot(xs, mean, marker="o", markersize=3, color=palette[k % len(palette)],
+                        label=f"{name} (n={len(runs)})")
         if len(runs) > 1:
             ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], alpha=0.2,
                             color=line.get_color(), linewidth=0)
