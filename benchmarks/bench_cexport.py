@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -22,16 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def m4_sizes(c_dir: Path, float_abi: str) -> dict:
@@ -61,6 +50,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for the C files (default: a temporary one)")
     args = ap.parse_args()
 
+    from biper.deploy.bench import cpu_name
     from biper.deploy.cemit import export_c_checkpoint
     from biper.deploy.cverify import build_demo, run_demo
 

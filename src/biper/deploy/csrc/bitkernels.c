@@ -240,6 +240,21 @@ typedef void (*rows_fn)(const gemm_t *, int64_t, const uint64_t **, const int32_
 
 #define MGROUP 8 /* row blocks of 4 per task: one weight panel is reused from L1 across them */
 
+/* The tasks of a GEMM: row groups of `mg` blocks of 4 rows (smaller groups when there are few
+ * rows) times ranges of the `npanel` weight panels, split only as far as `want` tasks need. */
+typedef struct { int64_t mg, nmg, per, ntask; } tasks_t;
+static tasks_t split_tasks(int64_t nmb, int64_t npanel, int64_t mg, int64_t want) {
+    int64_t nmg = (nmb + mg - 1) / mg;
+    if (nmg < want) { /* few rows: smaller row groups, then split the panels too */
+        mg = MAX(1, nmb / want);
+        nmg = (nmb + mg - 1) / mg;
+    }
+    const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
+    const int64_t per = (npanel + ngroup - 1) / ngroup;
+    const tasks_t t = {mg, nmg, per, nmg * ngroup};
+    return t;
+}
+
 #include "bitkernels_avx2.h" /* AVX2 GEMM: nibble LUT, byte counters, register tiles */
 
 /* A task is (up to MGROUP row blocks of 4 rows, a range of panels).  It builds the tap tables
@@ -261,13 +276,8 @@ static void run_gemm(const gemm_t *g, int nthreads) {
 #endif
     const int64_t nmb = (g->M + 3) / 4, npanel = (g->N + PANEL - 1) / PANEL;
     const int64_t want = 8 * (int64_t)(nthreads > 0 ? nthreads : 1);
-    int64_t mg = MGROUP, nmg = (nmb + mg - 1) / mg;
-    if (nmg < want) { /* few rows: smaller row groups, then split the panels too */
-        mg = MAX(1, nmb / want);
-        nmg = (nmb + mg - 1) / mg;
-    }
-    const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
-    const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
+    const tasks_t t = split_tasks(nmb, npanel, MGROUP, want);
+    const int64_t mg = t.mg, nmg = t.nmg, per = t.per, ntask = t.ntask;
     const int64_t work = g->M * g->N * g->KH * g->KW * g->CW;
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (work > PAR_GEMM)

@@ -212,13 +212,8 @@ static void gemm256(const gemm_t *g, int nthreads) {
     }
     const int64_t nmb = (g->M + 3) / 4;
     const int64_t want = (xs ? 2 : 8) * (int64_t)nthr; /* split: few, tall row groups */
-    int64_t mg = xs ? MGROUP256 : MGROUP, nmg = (nmb + mg - 1) / mg;
-    if (nmg < want) {
-        mg = MAX(1, nmb / want);
-        nmg = (nmb + mg - 1) / mg;
-    }
-    const int64_t ngroup = nmg >= want ? 1 : MIN(npanel, (want + nmg - 1) / nmg);
-    const int64_t per = (npanel + ngroup - 1) / ngroup, ntask = nmg * ngroup;
+    const tasks_t t = split_tasks(nmb, npanel, xs ? MGROUP256 : MGROUP, want);
+    const int64_t mg = t.mg, nmg = t.nmg, per = t.per, ntask = t.ntask;
     const int64_t work = g->M * g->N * KWD;
     const int oneword = g->CW == 1; /* one word per tap: 1-row tiles measured best */
     (void)nthreads;
