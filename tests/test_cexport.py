@@ -216,18 +216,29 @@ def test_cortex_m4_sizes(tmp_path):
     assert text + data < 48_000 and data + bss + sum(frames) < 128_000
 
 
+def _foreign(name, cc, qemu, make_model, shape, seeds):
+    return pytest.param(cc, qemu, make_model, shape, seeds, id=name,
+                        marks=[_cross(cc, "-static"), _cross(qemu)])
+
+
 @needs_cc
-@_cross("aarch64-linux-gnu-gcc", "-static")
-@_cross("qemu-aarch64")
-def test_aarch64_same_logits(tmp_path):
-    """The same code on another ISA (with fused multiply-add available) gives identical logits."""
-    model = _randomize(biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()), 7)
-    export_c(model, tmp_path / "c", (3, 32, 32))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+@pytest.mark.parametrize("cc, qemu, make_model, shape, seeds", [
+    # another ISA, with fused multiply-add available
+    _foreign("aarch64", "aarch64-linux-gnu-gcc", "qemu-aarch64",
+             lambda: biper.create_model("resnet20_cifar", binarize=biper.BinarizeConfig()), (3, 32, 32), (7, 8)),
+    # big-endian: the demo must read and write the same little-endian files
+    _foreign("s390x_big_endian", "s390x-linux-gnu-gcc", "qemu-s390x", lambda: _ConvNet(), (3, 13, 11), (11, 11)),
+])
+def test_foreign_target_same_logits(tmp_path, cc, qemu, make_model, shape, seeds):
+    """The same C code built for another target and run under qemu-user gives the host's logits
+    bit for bit."""
+    model = _randomize(make_model(), seeds[0])
+    export_c(model, tmp_path / "c", shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seeds[1]))
     host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
     assert np.ptp(host, axis=0).max() > 1e-3  # the logits depend on the input
-    arm = build_demo(str(tmp_path / "c"), str(tmp_path / "arm"), cc=["aarch64-linux-gnu-gcc"], flags=("-O2", "-static"))
-    assert np.array_equal(run_demo(["qemu-aarch64", arm], x), host)
+    foreign = build_demo(str(tmp_path / "c"), str(tmp_path / "foreign"), cc=[cc], flags=("-O2", "-static"))
+    assert np.array_equal(run_demo([qemu, foreign], x), host)
 
 
 @needs_cc
@@ -250,18 +261,3 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(f"biper.deploy.{module}"), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
-
-
-@needs_cc
-@_cross("s390x-linux-gnu-gcc", "-static")
-@_cross("qemu-s390x")
-def test_big_endian_same_logits(tmp_path):
-    """On a big-endian target (s390x under qemu-user) the demo reads and writes the same
-    little-endian files and gives the host's logits bit for bit."""
-    model = _randomize(_ConvNet(), 11)
-    export_c(model, tmp_path / "c", (3, 13, 11))
-    x = torch.randn(2, 3, 13, 11, generator=torch.Generator().manual_seed(11))
-    host = run_demo(build_demo(str(tmp_path / "c"), str(tmp_path / "host")), x)
-    assert np.ptp(host, axis=0).max() > 1e-3  # the logits depend on the input
-    be = build_demo(str(tmp_path / "c"), str(tmp_path / "be"), cc=["s390x-linux-gnu-gcc"], flags=("-O2", "-static"))
-    assert np.array_equal(run_demo(["qemu-s390x", be], x), host)
