@@ -29,8 +29,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
     import torch
 
     from ..deploy import export_checkpoint, load_packed
@@ -96,8 +94,6 @@ def _report_verify(v: dict | None, how: str) -> int:
 
 
 def _run_c(args) -> int:
-    import json
-
     from ..deploy.cemit import export_c_checkpoint
     from ..deploy.cverify import find_cc, verify_c
 
@@ -120,8 +116,6 @@ def _run_c(args) -> int:
 
 
 def _onnx(args) -> int:
-    import json
-
     from ..deploy.onnx_export import export_file_onnx
 
     r = export_file_onnx(args.checkpoint, args.output, verify=not args.no_verify)
