@@ -148,7 +148,7 @@ def test_methods_on_the_resnet20_baseline_recipe():
     assert cfg.binarize.weight_quantizer == "bnn++"
     assert cfg.stage_binarize(0).weight_quantizer == "bnn++" and cfg.stage_binarize(1).weight_params == {}
     same, source = cmp.method_config("cifar10-resnet20-biper-cpu", cmp.resolve_method("biper"))
-    assert "biper-cpu" in source and [s["epochs"] for s in same["stages"]] == [8, 5]
+    assert "biper-cpu" in source and [s["epochs"] for s in same["stages"]] == [10, 3]
     fp, _ = cmp.method_config(base, cmp.resolve_method("fp"))
     assert load_run_config(fp).binarize is None
     with pytest.raises(BiperError, match="unknown method 'bnnn'.*did you mean"):
