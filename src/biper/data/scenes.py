@@ -30,7 +30,7 @@ Example::
 
     >>> out = generate_scenes(images, labels, 100, SceneParams(image_size=64), seed=0, split="train")
     >>> out["images"].shape, out["instances"].shape, out["objects"].shape
-    ((100, 3, 64, 64), (100, 64, 64), (100, 4, 6))
+    ((100, 3, 64, 64), (100, 64, 64), (100, 4, 9))
 """
 
 from __future__ import annotations
@@ -235,9 +235,9 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
     """``count`` scenes from source images ``objects`` uint8 (S, 3, h, w) with ``labels`` (S,).
 
     Returns numpy arrays ``images`` uint8 (count, 3, H, W), ``instances`` uint8 (count, H, W)
-    (0 = background, k + 1 = slot k) and ``objects`` int32 (count, M, 6) rows
-    ``[cls, source index, x0, y0, x1, y1]`` (tight box of the visible pixels; ``cls = -1`` and
-    source -1 for empty or dropped slots).
+    (0 = background, k + 1 = slot k) and ``objects`` int32 (count, M, 9) rows
+    ``[cls, source index, x0, y0, x1, y1, x, y, side]``: the tight box of the visible pixels and
+    where the ``side`` x ``side`` square was pasted (all -1 for empty or dropped slots).
     """
     p = params
     size, m = p.image_size, p.max_objects
@@ -250,7 +250,7 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
         fg[used] = foreground_masks(objects[used], p.threshold)
     images = np.empty((count, 3, size, size), np.uint8)
     insts = np.empty((count, size, size), np.uint8)
-    table = np.full((count, m, 6), -1, np.int32)
+    table = np.full((count, m, 9), -1, np.int32)
     chunk = max(_BLOCK, chunk - chunk % _BLOCK)
     for start in range(0, count, chunk):
         stop = min(count, start + chunk)
@@ -270,7 +270,8 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
         insts[start:stop] = inst.numpy()
         cls = torch.where(active, labels[sub["src"]], -1)
         src = torch.where(active, sub["src"], -1)
-        rows = torch.cat([cls[..., None], src[..., None], boxes], -1)
+        rows = torch.cat([cls[..., None], src[..., None], boxes, sub["x"][..., None],
+                          sub["y"][..., None], sub["side"][..., None]], -1)
         rows[~active] = -1
         table[start:stop] = rows.numpy().astype(np.int32)
     return {"images": images, "instances": insts, "objects": table}
