@@ -39,6 +39,7 @@ import torch
 
 from biper.data import cache as _cache
 from biper.data.cifar import ARCHIVE_NAME, FOLDER_NAME, download_cifar10, read_cifar10
+from biper.data.coco import COCO_OPTIONS, load_coco
 from biper.data.dataset import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -54,10 +55,11 @@ from biper.errors import BiperError, did_you_mean
 
 __all__ = ["DATASETS", "SPLITS", "load_dataset", "find_cifar10"]
 
-DATASETS = ("cifar10", "folder", "imagenet", "synthetic", "scenes")
+DATASETS = ("cifar10", "folder", "imagenet", "synthetic", "scenes", "coco")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 _OPTIONS = {"cifar10": (), "folder": (), "imagenet": ("image_size", "resize_size", "workers"),
-            "synthetic": ("num_classes", "size", "length", "seed"), "scenes": SCENE_OPTIONS}
+            "synthetic": ("num_classes", "size", "length", "seed"), "scenes": SCENE_OPTIONS,
+            "coco": COCO_OPTIONS}
 JPEG_TAR_NAME = "cifar10-jpeg.tar"
 
 
@@ -122,6 +124,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
             ds = open_imagenet(data_dir, split, skip_corrupt=skip_corrupt, **options)
         elif name == "cifar10":
             ds = _load_cifar10(Path(data_dir), split, cache_dir, skip_corrupt, progress, download)
+        elif name == "coco":
+            ds = load_coco(data_dir, split, **options)
         elif name == "scenes":
             ds = _load_scenes(Path(data_dir), split, cache_dir, skip_corrupt, progress, download,
                               options)
