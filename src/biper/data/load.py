@@ -49,7 +49,7 @@ from biper.data.dataset import (
 )
 from biper.data.folder import read_folder
 from biper.data.imagenet import open_imagenet
-from biper.data.scenes_load import SCENE_OPTIONS, load_scenes
+from biper.data.scenes_load import SCENE_OPTIONS, load_scenes, scene_options
 from biper.data.synthetic import make_synthetic
 from biper.errors import BiperError, did_you_mean
 
@@ -98,7 +98,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
                  **options):
     """Load split ``split`` ("train", "test"; "val" = "test") of dataset ``name``.
 
-    Returns an :class:`ImageTensorDataset` (a ``LazyImageFolder`` for ``imagenet``). ``subset=N``
+    Returns an :class:`ImageTensorDataset` (a ``LazyImageFolder`` for ``imagenet``, a
+    :class:`~biper.data.dense.DenseDataset` for ``scenes`` and ``coco``). ``subset=N``
     keeps the first N examples of the round-robin class order (N = k * classes gives k per
     class), in dataset order. Bad names, paths or data raise ``BiperError``.
     """
@@ -159,6 +160,7 @@ def _load_scenes(data_dir: Path, split: str, cache_dir, skip_corrupt: bool, prog
     def objects():
         return _load_cifar10(data_dir, split, cache_dir, skip_corrupt, progress, download)
 
+    scene_options(**options)                         # bad options fail before any reading
     found = find_cifar10(data_dir)
     if found is None:
         objects()                                    # raises the cifar10 error, or downloads
