@@ -13,9 +13,11 @@ pixel noise (sigma 6, from a torch generator seeded by the block's numpy generat
 Object masks (``mask="estimate"``, the default) are a simple foreground estimate on the 32x32
 source: the border colour is the per-channel median of the 124 border pixels; a pixel is
 foreground when one of its channels differs from it by more than ``threshold`` (40 of 255); of
-that, the largest 8-connected blob is kept and its holes (background regions not 4-connected to
-the border) are filled. When the result covers less than 15% of the image, the whole square is
-used instead. The mask is resized like the image (bilinear, then > 0.5). ``mask="square"`` uses
+that, the largest 8-connected blob is kept (of equally large ones, the one whose first pixel
+comes first in raster order) and its holes (background regions not 4-connected to the border)
+are filled. When the result covers less than 15% of the image, the whole square is used
+instead. ``scipy.ndimage`` does the labelling when installed (extra ``dense``), else torch label
+propagation does, with the same result. The mask is resized like the image (bilinear, then > 0.5). ``mask="square"`` uses
 the full pasted square. Only mask pixels are pasted, so the instance map is exactly what is
 visible. After occlusion, objects with fewer than ``min_visible`` visible pixels are dropped
 (and the scene re-rendered without them). Boxes are the tight boxes of the visible pixels of
@@ -46,7 +48,7 @@ from biper.data.loader import derive_seed
 
 __all__ = ["SceneParams", "GENERATOR_VERSION", "foreground_masks", "textures", "generate_scenes"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _BLOCK = 1024                     # scenes per texture seed block (part of the output definition)
 _MIN_FRACTION = 0.15
 
@@ -99,28 +101,81 @@ def _spread(lab: torch.Tensor, allowed: torch.Tensor, diagonal: bool) -> torch.T
     return lab
 
 
-def foreground_masks(images: torch.Tensor, threshold: int = 40) -> torch.Tensor:
-    """Foreground estimate (N, H, W) bool of uint8 images (N, 3, H, W); see the module docstring."""
-    n, _, h, w = images.shape
+def _raw_foreground(images: torch.Tensor, threshold: int) -> torch.Tensor:
     x = images.to(torch.int16)
     border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], 2)
     ref = border.median(dim=2).values                                  # (N, 3)
-    fg = (x - ref[:, :, None, None]).abs().amax(1) > threshold         # (N, H, W)
-    # largest 8-connected component: spread the largest pixel id over each component
-    ids = torch.arange(1, h * w + 1, dtype=torch.int32).view(1, h, w)
-    lab = _spread(torch.where(fg, ids, 0), fg, diagonal=True).flatten(1).to(torch.int64)
-    counts = torch.zeros(n, h * w + 1, dtype=torch.int64)
+    return (x - ref[:, :, None, None]).abs().amax(1) > threshold       # (N, H, W)
+
+
+def _largest_and_filled_torch(fg: torch.Tensor) -> torch.Tensor:
+    n, h, w = fg.shape
+    hw = h * w
+    # component label = hw - (its first pixel in raster order), spread over the component
+    ids = hw - torch.arange(hw, dtype=torch.float32).view(1, h, w)
+    lab = _spread(torch.where(fg, ids, 0.0), fg, diagonal=True).flatten(1).to(torch.int64)
+    counts = torch.zeros(n, hw + 1, dtype=torch.int64)
     counts.scatter_add_(1, lab, torch.ones_like(lab))
     counts[:, 0] = 0
-    best = counts.argmax(1)                                            # (N,)
-    fg = ((lab == best[:, None]) & (best[:, None] > 0)).view(n, h, w)
-    # fill holes: background 4-connected to the border stays background
+    best = (counts * (hw + 1) + torch.arange(hw + 1)).argmax(1)       # ties: earliest first
+    fg = ((lab == best[:, None]) & (counts.amax(1, keepdim=True) > 0)).view(n, h, w)
     edge = torch.zeros_like(fg)
     edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
-    outside = _spread((edge & ~fg).to(torch.int32), ~fg, diagonal=False) > 0
-    filled = ~outside
-    tiny = filled.flatten(1).sum(1) < _MIN_FRACTION * h * w
-    filled[tiny] = True
+    return ~(_spread((edge & ~fg).to(torch.float32), ~fg, diagonal=False) > 0)
+
+
+def _largest_and_filled_scipy(fg: torch.Tensor, ndimage) -> torch.Tensor:
+    """Same result as the torch path, with scipy.ndimage on the whole stack at once (the
+    structuring elements do not connect neighbouring images)."""
+    raw = np.pad(fg.numpy(), ((1, 1), (0, 0), (0, 0)))              # empty image at both ends
+    eight = np.zeros((3, 3, 3), bool)
+    eight[1] = True
+    lab, count = ndimage.label(raw, structure=eight)                  # labels in raster order
+    sizes = np.bincount(lab.ravel(), minlength=count + 1)
+    image_of = np.zeros(count + 1, np.int64)
+    image_of[lab[lab > 0]] = np.nonzero(lab)[0]                      # same (C) order
+    best = np.zeros(raw.shape[0], np.int64)
+    labels = np.arange(1, count + 1)
+    order = np.lexsort((labels, -sizes[1:], image_of[1:]))           # per image: biggest, first
+    firsts = labels[order]
+    imgs = image_of[firsts]
+    keep = np.ones(len(firsts), bool)
+    keep[1:] = imgs[1:] != imgs[:-1]
+    best[imgs[keep]] = firsts[keep]
+    largest = (lab == best[:, None, None]) & (best[:, None, None] > 0)
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    back, count = ndimage.label(~largest, structure=cross)            # 4-connected background
+    edge = np.concatenate([back[:, 0].ravel(), back[:, -1].ravel(), back[:, :, 0].ravel(),
+                           back[:, :, -1].ravel()])
+    outside = np.zeros(count + 1, bool)
+    outside[edge] = True
+    outside[0] = False
+    return torch.from_numpy(~outside[back[1:-1]])
+
+
+def foreground_masks(images: torch.Tensor, threshold: int = 40, *,
+                     use_scipy: bool | None = None) -> torch.Tensor:
+    """Foreground estimate (N, H, W) bool of uint8 images (N, 3, H, W); see the module docstring.
+
+    The connected components and hole filling use ``scipy.ndimage`` when it is installed
+    (``use_scipy=None``), else torch label propagation; both give the same masks (ties between
+    equally large blobs go to the one whose first pixel comes first in raster order).
+    """
+    fg = _raw_foreground(images, threshold)
+    ndimage = None
+    if use_scipy is not False:
+        try:
+            from scipy import ndimage
+        except ImportError:
+            if use_scipy:
+                raise
+    if fg.shape[0] == 0:
+        return fg
+    filled = _largest_and_filled_scipy(fg, ndimage) if ndimage is not None \
+        else _largest_and_filled_torch(fg)
+    h, w = fg.shape[1:]
+    filled[filled.flatten(1).sum(1) < _MIN_FRACTION * h * w] = True
     return filled
 
 
