@@ -8,7 +8,8 @@ fully inside the frame; objects are pasted in order, so later ones occlude earli
 Backgrounds (``background="texture"``) are procedural, never CIFAR pixels: one of smooth noise
 (two octaves of bilinearly upsampled random values), stripes (a sinusoid of random frequency,
 angle and phase) or a linear gradient, mapping [0, 1] between two random colours, plus Gaussian
-pixel noise (sigma 6, from a torch generator seeded by the block's numpy generator). ``background="plain"`` is one random colour.
+pixel noise (sigma 6, from a torch generator seeded by the block's numpy generator).
+``background="plain"`` is one random colour.
 
 Object masks (``mask="estimate"``, the default) are a simple foreground estimate on the 32x32
 source: the border colour is the per-channel median of the 124 border pixels; a pixel is
@@ -17,11 +18,12 @@ that, the largest 8-connected blob is kept (of equally large ones, the one whose
 comes first in raster order) and its holes (background regions not 4-connected to the border)
 are filled. When the result covers less than 15% of the image, the whole square is used
 instead. ``scipy.ndimage`` does the labelling when installed (extra ``dense``), else torch label
-propagation does, with the same result. The mask is resized like the image (bilinear, then > 0.5). ``mask="square"`` uses
-the full pasted square. Only mask pixels are pasted, so the instance map is exactly what is
-visible. After occlusion, objects with fewer than ``min_visible`` visible pixels are dropped
-(and the scene re-rendered without them). Boxes are the tight boxes of the visible pixels of
-each remaining object, so masks and boxes agree by construction.
+propagation does, with the same result. The mask is resized like the image (bilinear, then
+> 0.5); ``mask="square"`` uses the full pasted square. Only mask pixels are pasted, so the
+instance map is exactly what is visible. After occlusion, objects with fewer than
+``min_visible`` visible pixels are dropped (and the scene re-rendered without them). Boxes are
+the tight boxes of the visible pixels of each remaining object, so masks and boxes agree by
+construction.
 
 Randomness: layouts (object count, source index, side, position) come from one
 ``numpy.random.Generator`` seeded with (seed, split); textures from one per block of 1024 scenes
