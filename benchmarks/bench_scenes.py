@@ -2,16 +2,21 @@
 splits at the default parameters, and one batch of 256 through the TensorLoader.
 
     PYTHONPATH=src python benchmarks/bench_scenes.py --data-dir ../shared/data --cache-dir /tmp/c
+
+``--labelling torch`` generates with the torch connected-component path instead of scipy's
+(same masks), to compare the two.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 
 import torch
 
+import biper.data.scenes as scenes
 from biper.data import TensorLoader, load_dataset
 
 
@@ -20,10 +25,13 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--cache-dir", required=True, help="an empty folder (first load = generation)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--labelling", choices=("auto", "torch"), default="auto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.labelling == "torch":
+        scenes.foreground_masks = functools.partial(scenes.foreground_masks, use_scipy=False)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s)")
+          f"{args.threads} thread(s), labelling {args.labelling}")
     for split in ("train", "test"):
         load_dataset("cifar10", args.data_dir, split, cache_dir=args.cache_dir, progress=False)
         for what in ("first load (generate + write cache)", "second load (cache)"):

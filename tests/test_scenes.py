@@ -7,6 +7,7 @@ boxes from ``nonzero``, per-sample numpy pad/crop/flip, scipy's connected compon
 """
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -307,11 +308,13 @@ def test_cache_round_trip_is_keyed_by_the_parameters(tar, tmp_path, monkeypatch)
 
 
 def test_shared_cifar_tar_end_to_end():
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (data / "cifar10-jpeg.tar").is_file():
-        data = Path("/work/shared/data")
-    if not (data / "cifar10-jpeg.tar").is_file():
-        pytest.skip("shared CIFAR-10 JPEG tar not found (../shared/data/cifar10-jpeg.tar)")
+    env = os.environ.get("BIPER_SHARED_DATA")
+    repo = Path(__file__).resolve().parents[1]
+    folders = ([Path(env)] if env else []) + [up / "shared" / "data" for up in repo.parents]
+    data = next((f for f in folders if (f / "cifar10-jpeg.tar").is_file()), None)
+    if data is None:
+        pytest.skip("cifar10-jpeg.tar not found: needs the shared data folder at ../shared/data "
+                    "next to the repository or BIPER_SHARED_DATA=<folder holding it>")
     ds = load_dataset("scenes", data, "test", test_size=64, cache_dir=False, progress=False)
     assert ds.images.shape == (64, 3, 64, 64) and ds.masks.shape == (64, 64, 64)
     assert (ds.labels >= 1).all() and ds.boxes.shape == (64, 4, 5)
