@@ -321,3 +321,15 @@ def test_shared_cifar_tar_end_to_end():
     for i in range(0, 64, 7):
         for r in range(int(ds.labels[i])):
             assert ds.boxes[i, r, 1:].tolist() == _tight(ds.instances[i].numpy() == r + 1)
+
+
+def test_sharded_loaders_cover_the_scenes_once():
+    ds, _ = _scenes(21, target="boxes", pad=1)
+    seen = []
+    for rank in range(2):
+        loader = TensorLoader(ds, 4, train=False, rank=rank, world_size=2, device="cpu")
+        for _, y in loader:
+            seen += [tuple(map(tuple, row.tolist())) for row in y]
+        assert loader.num_real == len(range(rank, 21, 2))
+    rows = [tuple(map(tuple, r.tolist())) for r in ds.boxes]
+    assert sorted(seen) == sorted(rows + [rows[0]])                  # one padding duplicate
