@@ -65,6 +65,14 @@ def _vgg_small(classes=10):
     return n + 512 * 4 * 4 * classes + classes
 
 
+def _dense(decoder, head):
+    """ResNet-20 encoder (no pool, BN1d, FC) + U-Net up blocks [(Cx, Cs)] + head convs [(cin, cout, k)]."""
+    n = _resnet_cifar((3, 3, 3), (16, 32, 64)) - (2 * 64 + 64 * 10 + 10)
+    for cx, cs in decoder:  # conv(Cx + Cs -> Cs) + conv(Cs -> Cs), two BNs
+        n += _conv(cx + cs, cs, 3) + _conv(cs, cs, 3) + 4 * cs
+    return n + sum(_conv(cin, cout, k, bias=True) for cin, cout, k in head)
+
+
 def _vit(dim, depth, tokens=197, patch=16, classes=1000):
     block = 2 * 2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + 2 * (dim * 4 * dim) + 4 * dim + dim
     return _conv(3, dim, patch, bias=True) + dim + tokens * dim + depth * block + 2 * dim + dim * classes + classes
@@ -79,7 +87,22 @@ CLOSED_FORM = {
     "vit_tiny": _vit(192, 12),
     "vit_mini": _vit(128, 6, tokens=65, patch=4, classes=10),
     "mlp": 192 * 64 + 2 * 64 * 64 + 3 * 2 * 64 + 64 * 10 + 10,
+    "segnet_resnet20": _dense([(64, 32), (32, 16)], [(16, 11, 1)]),
+    "centernet_resnet20": _dense([(64, 32)], [(32, 32, 3), (32, 10, 1), (32, 32, 3), (32, 2, 1),
+                                              (32, 32, 3), (32, 2, 1)]),
 }
+
+# Output shape per sample for the dense models (classifiers: (num_classes,)).
+DENSE_OUT = {
+    "segnet_resnet20": lambda k, h, w: (k, h, w),
+    "centernet_resnet20": lambda k, h, w: (k + 4, h // 4, w // 4),
+}
+
+
+def out_shape(name, x):
+    if name in DENSE_OUT:
+        return (x.shape[0], *DENSE_OUT[name](NUM_CLASSES, *x.shape[2:]))
+    return (x.shape[0], NUM_CLASSES)
 
 
 def _is_block_3x3(name, m):
@@ -96,6 +119,10 @@ INTENDED = {
     "vit_tiny": (48, lambda n, m: isinstance(m, nn.Linear) and n.startswith("blocks.")),
     "vit_mini": (24, lambda n, m: isinstance(m, nn.Linear) and n.startswith("blocks.")),
     "mlp": (2, lambda n, m: isinstance(m, nn.Linear) and n in ("body.3", "body.6")),
+    "segnet_resnet20": (22, lambda n, m: isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+                        and n.startswith(("encoder.layer", "decoder."))),
+    "centernet_resnet20": (20, lambda n, m: isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+                           and n.startswith(("encoder.layer", "up."))),
 }
 
 
@@ -153,7 +180,7 @@ def test_forward_shape_and_every_parameter_gets_a_gradient(name, binary):
     model = built(name, binary)
     x = input_for(name)
     out = model(x)
-    assert out.shape == (x.shape[0], NUM_CLASSES)
+    assert out.shape == out_shape(name, x)
     (out * torch.randn_like(out)).sum().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} received no gradient"
@@ -226,7 +253,7 @@ def test_binary_model_trains_in_channels_last_under_bf16_autocast(name):
     x = input_for(name).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-    assert out.shape == (x.shape[0], NUM_CLASSES) and out.dtype == torch.bfloat16
+    assert out.shape == out_shape(name, x) and out.dtype == torch.bfloat16
     assert torch.isfinite(out).all()
     out.float().sum().backward()
     for pname, p in model.named_parameters():

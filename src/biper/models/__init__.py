@@ -10,6 +10,8 @@ resnet18_imagenet   imagenet  3x224x224    11.69M   16 3x3 convs (1x1 downsample
 resnet34_imagenet   imagenet  3x224x224    21.81M   32 3x3 convs (1x1 downsample FP)
 vit_tiny            imagenet  3x224x224    5.72M    qkv, proj, fc1, fc2 of 12 blocks
 mlp                 any       3x8x8        0.02M    hidden Linear layers
+segnet_resnet20     scenes    3x64x64      0.32M    22 3x3 convs (encoder + U-Net decoder)
+centernet_resnet20  scenes    3x64x64      0.33M    20 3x3 convs (encoder + upsampling block)
 ==================  ========  ===========  =======  =====================================
 
 Models are plain float PyTorch modules; `create_model(name, binarize=config)` converts them
@@ -27,7 +29,7 @@ Example::
     (16, 20)
 """
 
-from . import mlp, resnet_cifar, resnet_imagenet, vgg, vit  # noqa: F401  (register the models)
+from . import centernet, mlp, resnet_cifar, resnet_imagenet, segnet, vgg, vit  # noqa: F401  (register the models)
 from .common import BiperModel, PadShortcut
 from .registry import ModelInfo, ModelSpec, create_model, list_models, model_info, register_model
 
