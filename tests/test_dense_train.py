@@ -131,3 +131,155 @@ def test_task_and_dataset_must_agree():
         check_task_data(_cfg({}), Scenes())
     with pytest.raises(BiperError, match="needs a segmentation dataset.*gives classification"):
         check_task_data(_cfg({"name": "segmentation"}), object())
+
+
+# -- the CLI on tiny scenes ----------------------------------------------------------------------
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def _fake_cifar_tar(folder, per_class: int = 2) -> None:
+    """A CIFAR-10 JPEG tar (``cifar10-jpeg/<split>/<class>/<n>.jpg``, 32x32) of blobs on grey."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / "cifar10-jpeg.tar", "w") as tf:
+        for split in ("train", "test"):
+            for c, name in enumerate(CLASSES):
+                for i in range(per_class):
+                    arr = np.full((32, 32, 3), 128, np.uint8)
+                    arr[6:26, 6:26] = rng.integers(0, 256, 3, dtype=np.uint8)     # an object on a border
+                    buf = io.BytesIO()
+                    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/{i:04d}.jpg")
+                    info.size = len(buf.getvalue())
+                    tf.addfile(info, io.BytesIO(buf.getvalue()))
+
+
+TINY = ["data.options.image_size=32", "data.options.train_size=16", "data.options.test_size=8",
+        "data.options.min_scale=10", "data.options.max_scale=16", "data.options.max_objects=2",
+        "data.batch_size=8", "data.eval_batch_size=8", "threads=1", "channels_last=false"]
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+    pytest.importorskip("pycocotools")
+    root = tmp_path_factory.mktemp("scenes")
+    _fake_cifar_tar(root / "data")
+    return root
+
+
+def _train(root, recipe, name, *extra):
+    out = root / name
+    if not (out / "summary.json").is_file():
+        argv = ["train", recipe, "--data-dir", str(root / "data"), "--max-steps", "2", "--out", str(out),
+                "--quiet", *TINY, f"data.cache_dir={root / 'cache'}", *extra]
+        assert main(argv) == 0
+    return out
+
+
+def _eval_json(capsys, path, root):
+    capsys.readouterr()
+    assert main(["eval", str(path), "--data-dir", str(root / "data"), "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind, keys", [("seg", ("miou", "pixel_acc")), ("det", ("map50", "map"))])
+def test_train_eval_export_on_tiny_scenes(scenes_dir, capsys, kind, keys):
+    out = _train(scenes_dir, f"scenes-{kind}-biper-cpu", kind)
+    summary = json.loads((out / "summary.json").read_text())
+    main_key = "test_miou" if kind == "seg" else "test_map50"
+    assert summary["main_metric"] == main_key
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2                                       # one epoch per stage (max_steps split)
+    for key in keys:
+        value = summary[f"final_test_{key}"]
+        assert value == rows[-1][f"test_{key}"] and 0.0 <= value <= 100.0
+    assert summary[f"best_{main_key}"] == max(r[main_key] for r in rows)
+    if kind == "seg":
+        assert all(0.0 <= r["train_acc"] <= 100.0 for r in rows)
+    else:
+        assert all(r["train_acc"] is None for r in rows)
+        assert set(rows[0]["train_parts"]) >= {"heatmap", "size", "offset"}
+    ckpt_eval = _eval_json(capsys, out / "final.pt", scenes_dir)
+    assert ckpt_eval["task"] == ("segmentation" if kind == "seg" else "detection")
+    for key in keys:
+        assert ckpt_eval[key] == pytest.approx(summary[f"final_test_{key}"], abs=1e-9)
+    packed = scenes_dir / f"{kind}.biper"
+    assert main(["export", str(out / "final.pt"), str(packed)]) == 0
+    packed_eval = _eval_json(capsys, packed, scenes_dir)
+    for key in keys:  # same predictions: the packed kernels equal the training model
+        assert packed_eval[key] == pytest.approx(ckpt_eval[key], abs=1e-6)
+
+
+def test_compare_two_methods_reports_miou(scenes_dir, capsys):
+    out = scenes_dir / "cmp"
+    assert main(["compare", "scenes-seg-biper-cpu", *TINY, f"data.cache_dir={scenes_dir / 'cache'}",
+                 "--methods", "biper,fp", "--max-steps", "2", "--out", str(out), "--data-dir",
+                 str(scenes_dir / "data"), "--quiet", "--no-plot"]) == 0
+    table = (out / "results.md").read_text()
+    assert "final test mIoU %" in table and "| fp |" in table and "| biper |" in table
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert "final_test_miou" in header and "best_test_miou" in header
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "test_miou"
+    for run in results["runs"]:
+        summary = json.loads((scenes_dir / "cmp" / "runs" / f"{run['method']}-seed0" / "summary.json").read_text())
+        assert run["final_test_miou"] == summary["final_test_miou"]
+
+
+def test_infer_writes_masks_boxes_and_plots(scenes_dir, capsys):
+    seg = _train(scenes_dir, "scenes-seg-biper-cpu", "seg")
+    packed = scenes_dir / "seg-infer.biper"
+    assert main(["export", str(seg / "final.pt"), str(packed)]) == 0
+    out = scenes_dir / "infer-seg"
+    capsys.readouterr()
+    assert main(["infer", str(packed), "--test-images", "3", "--data-dir", str(scenes_dir / "data"),
+                 "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "segmentation" and len(result["predictions"]) == 3
+    # the mask PNG holds the class indices the model predicts (its argmax)
+    from biper.data import TensorLoader, load_dataset
+    from biper.deploy import load_packed
+
+    ds = load_dataset("scenes", scenes_dir / "data", "test", subset=3, cache_dir=scenes_dir / "cache",
+                      progress=False, target="mask", image_size=32, train_size=16, test_size=8,
+                      min_scale=10, max_scale=16, max_objects=2)
+    x, _ = next(iter(TensorLoader(ds, 3, train=False)))
+    with torch.no_grad():
+        want = load_packed(packed)(x).argmax(1)
+    for i in range(3):
+        got = np.array(Image.open(out / f"test-{i:04d}-mask.png"))
+        assert got.shape == (32, 32) and np.array_equal(got, want[i].numpy())
+    det = _train(scenes_dir, "scenes-det-biper-cpu", "det")
+    out = scenes_dir / "infer-det"
+    capsys.readouterr()
+    assert main(["infer", str(det / "final.pt"), "--test-images", "2", "--data-dir", str(scenes_dir / "data"),
+                 "--out", str(out), "--score-threshold", "0"]) == 0
+    text = capsys.readouterr().out
+    boxes = json.loads((out / "test-0000-boxes.json").read_text())
+    assert boxes and set(boxes[0]) == {"label", "class", "score", "xyxy"} and boxes[0]["label"] in CLASSES
+    assert boxes == sorted(boxes, key=lambda b: -b["score"]) and "test-0000:" in text
+    pytest.importorskip("matplotlib")
+    for model, name in ((packed, "seg"), (det / "final.pt", "det")):
+        plots = scenes_dir / f"plots-{name}"
+        assert main(["infer", str(model), "--test-images", "1", "--data-dir", str(scenes_dir / "data"),
+                     "--out", str(plots), "--plot"]) == 0
+        img = Image.open(plots / "test-0000-plot.png")
+        assert img.format == "PNG" and img.size[0] > 2 * img.size[1]   # input | prediction | truth
+
+
+def test_dense_bad_inputs_exit_2_with_one_line(scenes_dir, capsys):
+    data = str(scenes_dir / "data")
+    cases = [
+        (["train", "scenes-seg-biper-cpu", "--data-dir", data, "--max-steps", "1", "--out", str(scenes_dir / "bad"),
+          *TINY, f"data.cache_dir={scenes_dir / 'cache'}", "stages.*.task.name=detection"],
+         "stages.0.task.name: detection needs a detection dataset, but data.dataset scenes gives segmentation"),
+        (["infer", str(_train(scenes_dir, "scenes-seg-biper-cpu", "seg") / "final.pt"), "--test-images", "1",
+          "--data-dir", data], "segmentation masks need --out DIR"),
+        (["infer", str(scenes_dir / "seg" / "final.pt")], "give the inputs as --input PATH... or as --test-images N"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
