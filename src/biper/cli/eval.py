@@ -3,9 +3,10 @@
 Rebuilds the model stored in a biper checkpoint (loaded with ``weights_only=True`` and its
 checksum verified), loads the dataset named in the checkpoint's config and reports what its
 task measures: top-1 accuracy and mean cross-entropy for classifiers, mIoU and pixel accuracy
-for segmentation, mAP@0.5 and mAP@[.5:.95] for detection (with the task's mean loss). A packed model file (``biper export``) is evaluated the same
-way, with the training config stored in it, on the CPU kernels; the file type is recognised by
-its first bytes, and any other file is reported as what it is.
+for segmentation, mAP@0.5 and mAP@[.5:.95] for detection (with the task's mean loss). A packed
+model file (``biper export``) is evaluated the same way, with the training config stored in it,
+on the CPU kernels; the file type is recognised by its first bytes, and any other file is
+reported as what it is.
 """
 
 from __future__ import annotations

@@ -25,6 +25,12 @@ def load_model(path: str):
         model = load_packed(path)
         meta = dict(model.packed_meta.get("meta") or {})
         config = model.packed_meta.get("config")
+    data = (config or {}).get("data") if isinstance(config, dict) else None
+    if "classes" not in meta and isinstance(data, dict) and data.get("dataset") == "scenes":
+        from ..data import CIFAR10_CLASSES
+
+        boxes = (data.get("options") or {}).get("target") == "boxes"
+        meta["classes"] = list(CIFAR10_CLASSES) if boxes else ["background", *CIFAR10_CLASSES]
     return model, meta, config, _task(config)
 
 

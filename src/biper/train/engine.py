@@ -31,8 +31,8 @@ from . import distributed as ddp
 from .config import RunConfig
 from .evaluate import evaluate
 from .data import load_run_data, stage_loaders
-from .metrics import (epoch_line, epoch_row, final_line, heartbeat_line, is_main_process, log, progress_enabled, rank_world,
-                      run_summary, stage_line, write_json, write_metrics)
+from .metrics import (epoch_line, epoch_row, final_line, heartbeat_line, is_main_process, log, progress_enabled,
+                      rank_world, run_summary, stage_line, write_json, write_metrics)
 from .model import autocast_context, check_stage_models, init_stage_weights, model_spec
 from .optim import LRSchedule, build_optimizer
 from .run_files import check_resume_config, link_final, start_run_folder
@@ -164,7 +164,7 @@ class Trainer:
                 step += 1
                 self.global_step += 1
                 bar.update()
-                self._heartbeat(stage.name, epoch, step - epoch * s.spe, in_epoch, acc)
+                self._heartbeat(stage.name, epoch, step - epoch * s.spe, in_epoch, acc, s.task.train_metric is not None)
                 if step % s.spe == 0 or step >= s.total:
                     break
                 acc_now = EpochTotals(**{**acc.to_dict(), "time": acc.time + time.perf_counter() - t_start, "lr": lr})
@@ -206,13 +206,13 @@ class Trainer:
         acc.add(r.loss, r.reg, r.correct, r.count, r.parts)
         return lr
 
-    def _heartbeat(self, stage: str, epoch: int, done: int, steps: int, acc: EpochTotals) -> None:
+    def _heartbeat(self, stage: str, epoch: int, done: int, steps: int, acc: EpochTotals, accuracy: bool) -> None:
         """Without a terminal (logs, nohup), a progress line every `HEARTBEAT_SECONDS`."""
         now = time.perf_counter()
         if self.quiet or progress_enabled(False) or now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        log(heartbeat_line(stage, epoch, done, steps, acc, self._wall(), self.world))
+        log(heartbeat_line(stage, epoch, done, steps, acc, self._wall(), self.world, accuracy))
 
     def _wall(self) -> float:  # seconds of this run, excluding work lost before a resume
         return self.wall_base + time.perf_counter() - self._t0

@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "DENSE_COLUMNS", "METRIC_LABELS", "metric_label", "final_line", "write_metrics", "epoch_line", "epoch_row", "heartbeat_line", "is_main_process", "rank_world",
-           "write_json", "log"]
+__all__ = ["COLUMNS", "DENSE_COLUMNS", "METRIC_LABELS", "metric_label", "final_line", "write_metrics", "epoch_line",
+           "epoch_row", "heartbeat_line", "is_main_process", "rank_world", "write_json", "log"]
 
 COLUMNS = ("stage", "stage_index", "epoch", "global_step", "lr", "train_loss", "train_acc", "reg",
            "test_loss", "test_acc", "epoch_time", "wall_time",
@@ -125,10 +125,12 @@ def epoch_row(stage: str, index: int, epoch: int, global_step: int, lr: float, t
     return row
 
 
-def heartbeat_line(stage: str, epoch: int, done: int, steps: int, totals, wall_time: float, world: int) -> str:
-    """The progress line printed into logs (no terminal) while an epoch runs."""
+def heartbeat_line(stage: str, epoch: int, done: int, steps: int, totals, wall_time: float, world: int,
+                   accuracy: bool = True) -> str:
+    """The progress line printed into logs (no terminal) while an epoch runs (``accuracy``
+    False: the task has no step accuracy)."""
     n = max(totals.count, 1)
-    acc = f" acc {100.0 * totals.correct / n:.2f}%" if totals.correct else ""
+    acc = f" acc {100.0 * totals.correct / n:.2f}%" if accuracy else ""
     return (f"  [{stage} epoch {epoch + 1}] step {done}/{steps}, running loss {totals.loss / n:.4f}"
             f"{acc}{' (rank 0)' if world > 1 else ''}, "
             f"{wall_time:.0f}s elapsed")
