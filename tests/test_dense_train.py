@@ -133,6 +133,66 @@ def test_task_and_dataset_must_agree():
         check_task_data(_cfg({"name": "segmentation"}), object())
 
 
+# -- the engine on in-memory dense data (no scene generator needed) ----------------------------
+
+class _DenseData:
+    """A tiny dataset whose ``labels`` are masks (N, H, W) or boxes (N, M, 5)."""
+
+    def __init__(self, n: int, task: str):
+        g = torch.Generator().manual_seed(n)
+        self.images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        self.task, self.mean, self.std = task, (0.5,) * 3, (0.25,) * 3
+        if task == "segmentation":
+            self.classes = ["background", *CLASSES]
+            self.labels = torch.randint(0, 11, (n, 32, 32), generator=g)
+        else:
+            self.classes = list(CLASSES)
+            self.labels = torch.full((n, 2, 5), -1.0)
+            self.labels[:, 0] = torch.tensor([3.0, 2.0, 2.0, 20.0, 18.0])
+
+    def __len__(self):
+        return len(self.images)
+
+    def fetch(self, indices, *, augment, generator=None):
+        return self.images[indices]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_engine_trains_dense_tasks_and_eval_repeats_the_numbers(tmp_path, monkeypatch, capsys, task):
+    import biper.data
+
+    if task == "detection":
+        pytest.importorskip("pycocotools")
+    monkeypatch.setattr(biper.data, "load_dataset", lambda name, d, split, **k: _DenseData(
+        16 if split == "train" else 8, task))
+    from biper.train import train
+
+    cfg = RunConfig.from_dict({
+        "model": {"name": "segnet_resnet20" if task == "segmentation" else "centernet_resnet20"},
+        "binarize": {"weight_quantizer": "biper", "input_quantizer": "recu_sign"},
+        "data": {"dataset": "synthetic", "batch_size": 8, "eval_batch_size": 8}, "threads": 1,
+        "stages": [{"epochs": 1, "lr": 0.01, "tau": 0.03,
+                    "task": {"name": task, **({"dice": 0.5} if task == "segmentation" else {})}}]})
+    summary = train(cfg, tmp_path / "run", quiet=True)
+    line = capsys.readouterr().out
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    keys = ("test_miou", "test_pixel_acc") if task == "segmentation" else ("test_map50", "test_map")
+    assert summary["main_metric"] == keys[0] and summary["final_test_acc"] is None
+    for key in keys:
+        assert summary[f"final_{key}"] == row[key] and 0.0 <= row[key] <= 100.0
+    if task == "segmentation":
+        assert 0.0 < row["train_acc"] < 100.0 and set(row["train_parts"]) == {"ce", "dice"}
+        assert "mIoU" in line and "pixel acc" in line
+    else:
+        assert row["train_acc"] is None and set(row["train_parts"]) == {"heatmap", "size", "offset"}
+        assert "mAP@0.5" in line and " acc " not in line.split("|")[0]
+    assert main(["eval", str(tmp_path / "run" / "final.pt"), "--json", "--quiet"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["task"] == task
+    for key in keys + ("test_loss",):
+        assert got[key[len("test_"):]] == pytest.approx(row[key], rel=1e-6)
+
+
 # -- the CLI on tiny scenes ----------------------------------------------------------------------
 
 Image = pytest.importorskip("PIL.Image")
