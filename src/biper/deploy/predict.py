@@ -133,6 +133,9 @@ def load_inputs(paths: Sequence[str | os.PathLike], *, input_size: Sequence[int]
 
 def topk(logits: torch.Tensor, k: int = 5, classes: Sequence[str] | None = None) -> list[list[tuple]]:
     """Per row: [(label, index, logit), ...] for the k largest logits, best first."""
+    if logits.dim() != 2:
+        raise BiperError(f"top-k predictions need (N, classes) outputs; this model outputs per-sample "
+                         f"maps of shape {tuple(logits.shape[1:])} (a dense-prediction model)")
     k = max(1, min(int(k), logits.shape[-1]))
     values, indices = logits.topk(k, dim=-1)
     out = []

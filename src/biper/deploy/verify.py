@@ -1,7 +1,9 @@
 """Check that a packed model gives the same predictions as the model it was exported from.
 
 `compare_models(reference, packed, input_size)` runs both on the same seeded random inputs and
-reports how many top-1 predictions agree and the largest absolute logit difference. The
+reports how many top-1 predictions agree and the largest absolute logit difference. Top-1 is
+taken over dimension 1 (the classes); for dense outputs ``(B, K, H, W)`` a sample agrees when
+its top-1 class agrees at every position. The
 reference runs with its weights as deployed, ``weight_quantizer.binary(w)``: for most methods
 that is what training computes with, while ``bnn++`` and BiPer's ``sine`` stage train with soft
 weights (``soft_weights`` in the result says whether any layer does). Packed layers are then
@@ -56,5 +58,6 @@ def compare_models(reference: nn.Module, packed: nn.Module, input_size: Sequence
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, *input_size, generator=gen)
     a, b = deployed(x), packed.eval()(x)
-    return {"samples": samples, "agree": int((a.argmax(-1) == b.argmax(-1)).sum()),
+    same = (a.argmax(1) == b.argmax(1)).reshape(samples, -1).all(1)  # (B,): every position agrees
+    return {"samples": samples, "agree": int(same.sum()),
             "max_abs_diff": float((a - b).abs().max()), "soft_weights": soft}

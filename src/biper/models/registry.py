@@ -47,7 +47,7 @@ class ModelInfo:
     """What `biper summary` and the recipes need to know about a registered model."""
 
     name: str
-    dataset: str                      # "cifar10", "imagenet" or "any"
+    dataset: str                      # "cifar10", "imagenet", "scenes" or "any"
     input_size: tuple[int, int, int]  # (C, H, W) of the default configuration
     num_classes: int
     params: int                       # parameter count of the float model (papers' figure)

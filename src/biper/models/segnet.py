@@ -105,7 +105,6 @@ class SegNet(BiperModel):
         ups = [UpBlock(widths[i + 1], widths[i], act) for i in reversed(range(len(widths) - 1))]
         self.decoder = nn.ModuleList(ups)
         self.head = nn.Conv2d(widths[0], num_classes, 1)
-        self.stride = 2 ** (len(widths) - 1)  # input sides must be multiples of this
         kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, K, H, W)
