@@ -1,7 +1,7 @@
 """Pictures of dense predictions: masks and boxes over the input, next to the ground truth.
 
 `plot_segmentation` draws the input, the predicted mask blended over it and, when given, the
-true mask; `plot_detection` the input with the predicted boxes (label and score) and, when
+true mask; `plot_detection` the input, the predicted boxes (label and score) over it and, when
 given, the true boxes. Colours come from `class_palette` (class 0 of a mask is the background,
 drawn black; detection class ``c`` uses the colour of mask class ``c + 1``, so an object has
 the same colour in both). Needs matplotlib (``pip install 'biper[plot]'``).
@@ -117,11 +117,12 @@ def _draw_boxes(ax, rows, classes, pal, scores=None) -> set[int]:
 
 def plot_detection(path: str | os.PathLike, image, detections: dict, target=None, *,
                    classes: Sequence[str] | None = None, title: str = "") -> str:
-    """Input with predicted boxes (``detections``: boxes (N, 4) xyxy, scores, labels) | ground
-    truth boxes (``target``: rows ``[cls, x0, y0, x1, y1]``, cls -1 = padding) when given."""
+    """Input | predicted boxes over it (``detections``: boxes (N, 4) xyxy, scores, labels) |
+    ground truth boxes (``target``: rows ``[cls, x0, y0, x1, y1]``, cls -1 = padding) when given."""
     img = _hwc(image)
     pal = class_palette(max(len(classes) + 1 if classes else 11, 2))
-    fig, axes = _panels(1 if target is None else 2, ["prediction"] + (["ground truth"] if target is not None else []))
+    fig, axes = _panels(2 if target is None else 3,
+                        ["input", "prediction"] + (["ground truth"] if target is not None else []))
     boxes = np.asarray(detections["boxes"], dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(detections["labels"]).reshape(-1)
     scores = np.asarray(detections["scores"], dtype=np.float64).reshape(-1)
@@ -130,10 +131,10 @@ def plot_detection(path: str | os.PathLike, image, detections: dict, target=None
         ax.imshow(img)
         ax.set_xlim(-0.5, img.shape[1] - 0.5)
         ax.set_ylim(img.shape[0] - 0.5, -0.5)
-    _draw_boxes(axes[0], rows, classes, pal, scores)
+    _draw_boxes(axes[1], rows, classes, pal, scores)
     if target is not None:
         t = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target, dtype=np.float64).reshape(-1, 5)
-        _draw_boxes(axes[1], [tuple(r) for r in t], classes, pal)
+        _draw_boxes(axes[2], [tuple(r) for r in t], classes, pal)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
