@@ -271,6 +271,23 @@ def test_train_eval_export_on_tiny_scenes(scenes_dir, capsys, kind, keys):
         assert packed_eval[key] == pytest.approx(ckpt_eval[key], abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["scenes-seg-biper", "scenes-det-biper", "scenes-seg-bnn-cpu", "scenes-det-bnn-cpu"])
+def test_every_scenes_recipe_runs_one_step_per_stage(scenes_dir, name):
+    from biper.recipes import list_recipes
+    from biper.train import load_run_config
+
+    assert {n for n in list_recipes() if n.startswith("scenes-")} == {
+        f"scenes-{t}-{m}" for t in ("seg", "det") for m in ("biper", "biper-cpu", "bnn-cpu")}
+    out = scenes_dir / f"one-{name}"
+    assert main(["train", name, "--data-dir", str(scenes_dir / "data"), "--max-steps", "1", "--out", str(out),
+                 "--quiet", *TINY, f"data.cache_dir={scenes_dir / 'cache'}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["epochs"] == 2 and summary["main_metric"] in ("test_miou", "test_map50")
+    cfg = load_run_config(name)
+    method = "bnn" if "bnn" in name else "biper"
+    assert [cfg.stage_binarize(i).weight_quantizer for i in (0, 1)] == [method, method]
+
+
 def test_compare_two_methods_reports_miou(scenes_dir, capsys):
     out = scenes_dir / "cmp"
     assert main(["compare", "scenes-seg-biper-cpu", *TINY, f"data.cache_dir={scenes_dir / 'cache'}",

@@ -16,7 +16,7 @@ def load_model(path: str):
     from ..deploy.export import checkpoint_model, default_meta
     from ..deploy.filetype import sniff
 
-    if sniff(path) == "torch":
+    if Path(path).is_file() and sniff(path) == "torch":
         ckpt, spec, model = checkpoint_model(path)
         config = ckpt.get("config")
         meta = {**default_meta(spec, config), "stage": ckpt.get("stage_name")}
