@@ -31,7 +31,7 @@ from . import distributed as ddp
 from .config import RunConfig
 from .evaluate import evaluate
 from .data import load_run_data, stage_loaders
-from .metrics import (epoch_line, epoch_row, final_line, heartbeat_line, is_main_process, log, progress_enabled,
+from .metrics import (best_epoch, epoch_line, epoch_row, final_line, heartbeat_line, is_main_process, log, progress_enabled,
                       rank_world, run_summary, stage_line, write_json, write_metrics)
 from .model import autocast_context, check_stage_models, init_stage_weights, model_spec
 from .optim import LRSchedule, build_optimizer
@@ -39,7 +39,7 @@ from .run_files import check_resume_config, link_final, start_run_folder
 from .state import EpochTotals, StageState, checkpoint_payload, restore_stage
 from .step import train_step
 from .stops import NonFiniteLoss, SignalCatcher, TrainingInterrupted, TrainingStopped
-from .tasks import build_task, check_task_data, eval_task
+from .tasks import build_task, eval_task
 
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
 
@@ -93,7 +93,6 @@ class Trainer:
             self.config = self.config.with_num_classes(len(self.train_set.classes))
         cfg = self.config
         check_stage_models(cfg)
-        check_task_data(cfg, self.train_set)
         prev_state, ckpt, first = None, None, 0
         if start is None:
             if self.main:
@@ -181,9 +180,7 @@ class Trainer:
                             self._wall(), train_acc=s.task.train_metric is not None)
             row.update(self.flips.update(s.model))  # flip rate, mean |B'|, soft fraction per binary layer
             self.history.append(row)
-            key = s.task.main_metric  # test_acc, test_miou or test_map50
-            if self.best is None or row[key] > self.best[key]:
-                self.best = {key: row[key], "stage": row["stage"], "epoch": row["epoch"]}
+            self.best = best_epoch(self.best, row, s.task.main_metric)  # test_acc, test_miou or test_map50
             acc = EpochTotals()
             self._save(s, step, acc, stage_done=step >= s.total)
             if self.main:

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "DENSE_COLUMNS", "METRIC_LABELS", "metric_label", "final_line", "write_metrics", "epoch_line",
+__all__ = ["COLUMNS", "DENSE_COLUMNS", "METRIC_LABELS", "metric_label", "final_line", "best_epoch", "write_metrics", "epoch_line",
            "epoch_row", "heartbeat_line", "is_main_process", "rank_world", "write_json", "log"]
 
 COLUMNS = ("stage", "stage_index", "epoch", "global_step", "lr", "train_loss", "train_acc", "reg",
@@ -123,6 +123,13 @@ def epoch_row(stage: str, index: int, epoch: int, global_step: int, lr: float, t
     if getattr(totals, "parts", None):
         row["train_parts"] = {k: v / n for k, v in totals.parts.items()}
     return row
+
+
+def best_epoch(best: dict[str, Any] | None, row: dict[str, Any], key: str) -> dict[str, Any]:
+    """The best epoch so far by metric ``key`` (higher is better; the earlier epoch on ties)."""
+    if best is None or row[key] > best[key]:
+        return {key: row[key], "stage": row["stage"], "epoch": row["epoch"]}
+    return best
 
 
 def heartbeat_line(stage: str, epoch: int, done: int, steps: int, totals, wall_time: float, world: int,
