@@ -13,6 +13,11 @@ Names (see :data:`DATASETS`):
   (:mod:`biper.data.imagenet`); options ``image_size``, ``resize_size``, ``workers``.
 - ``synthetic``: deterministic random images (:mod:`biper.data.synthetic`); ``data_dir`` is
   ignored; options ``num_classes``, ``size``, ``length``, ``seed``.
+- ``scenes``: CIFAR-10 objects (found under ``data_dir`` as for ``cifar10``) pasted on textured
+  backgrounds, with masks and boxes (:mod:`biper.data.scenes_load`); returns a
+  :class:`~biper.data.dense.DenseDataset`; ``subset=N`` keeps the first N scenes.
+- ``coco``: a COCO-style ``annotations/instances_<split>.json`` + images folder
+  (:mod:`biper.data.coco`), into the same :class:`~biper.data.dense.DenseDataset`.
 
 Decoded splits are cached as ``.npy`` + JSON (:mod:`biper.data.cache`) in ``cache_dir``
 (default ``<data_dir>/.biper-cache`` or ``~/.cache/biper``; ``cache_dir=False`` disables it).
@@ -43,15 +48,16 @@ from biper.data.dataset import (
 )
 from biper.data.folder import read_folder
 from biper.data.imagenet import open_imagenet
+from biper.data.scenes_load import SCENE_OPTIONS, load_scenes
 from biper.data.synthetic import make_synthetic
 from biper.errors import BiperError, did_you_mean
 
 __all__ = ["DATASETS", "SPLITS", "load_dataset", "find_cifar10"]
 
-DATASETS = ("cifar10", "folder", "imagenet", "synthetic")
+DATASETS = ("cifar10", "folder", "imagenet", "synthetic", "scenes")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 _OPTIONS = {"cifar10": (), "folder": (), "imagenet": ("image_size", "resize_size", "workers"),
-            "synthetic": ("num_classes", "size", "length", "seed")}
+            "synthetic": ("num_classes", "size", "length", "seed"), "scenes": SCENE_OPTIONS}
 JPEG_TAR_NAME = "cifar10-jpeg.tar"
 
 
@@ -116,6 +122,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
             ds = open_imagenet(data_dir, split, skip_corrupt=skip_corrupt, **options)
         elif name == "cifar10":
             ds = _load_cifar10(Path(data_dir), split, cache_dir, skip_corrupt, progress, download)
+        elif name == "scenes":
+            ds = _load_scenes(Path(data_dir), split, cache_dir, skip_corrupt, progress, download,
+                              options)
         else:
             ds = _load_cached("folder", Path(data_dir), split, cache_dir, skip_corrupt, progress)
     return ds.subset(subset) if subset is not None else ds
@@ -139,6 +148,22 @@ def _load_cifar10(data_dir: Path, split: str, cache_dir, skip_corrupt: bool, pro
                          f"{', '.join(CIFAR10_CLASSES)}, found {ds.image_size[0]}x{ds.image_size[1]} "
                          f"images in {', '.join(ds.classes[:12])}")
     return ds
+
+
+def _load_scenes(data_dir: Path, split: str, cache_dir, skip_corrupt: bool, progress: bool,
+                 download: bool, options: dict):
+    def objects():
+        return _load_cifar10(data_dir, split, cache_dir, skip_corrupt, progress, download)
+
+    found = find_cifar10(data_dir)
+    if found is None:
+        objects()                                    # raises the cifar10 error, or downloads
+        found = find_cifar10(data_dir)
+    source = found[1]
+    where = None if cache_dir is False else Path(cache_dir) if cache_dir not in (None, True) \
+        else _cache.default_cache_dir(data_dir)
+    return load_scenes(source, split, cache_dir=where, load_objects=objects, progress=progress,
+                       **options)
 
 
 def _decode(kind: str, source: Path, split: str, skip_corrupt: bool, progress: bool):

@@ -54,6 +54,8 @@ def _generator(*parts: object) -> torch.Generator:
 class TensorLoader:
     """Iterate ``(x, y)`` batches of ``dataset`` (an ``ImageTensorDataset`` or any object with
     ``__len__``, ``labels``, ``mean``, ``std`` and ``fetch(indices, augment=, generator=)``).
+    A dataset with ``fetch_pair(indices, augment=, generator=) -> (x, y)`` (dense targets, see
+    :class:`biper.data.dense.DenseDataset`) serves both ``x`` and ``y`` from it.
 
     Args:
         batch_size: samples per batch on this rank.
@@ -152,9 +154,12 @@ class TensorLoader:
     def _batch(self, order: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]       # (B,)
         gen = _generator("augment", self.seed, self.epoch, self.rank, b) if self.augment else None
-        x = self.dataset.fetch(idx, augment=self.augment, generator=gen)  # uint8 (B, 3, H, W)
+        if hasattr(self.dataset, "fetch_pair"):                         # dense targets
+            x, y = self.dataset.fetch_pair(idx, augment=self.augment, generator=gen)
+        else:
+            x = self.dataset.fetch(idx, augment=self.augment, generator=gen)  # uint8 (B,3,H,W)
+            y = self.dataset.labels[idx.to(self.dataset.labels.device)]     # (B,)
         x = normalize(x, self.dataset.mean, self.dataset.std, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = self.dataset.labels[idx.to(self.dataset.labels.device)]     # (B,)
         return x, y
