@@ -265,7 +265,7 @@ def test_train_eval_export_on_tiny_scenes(scenes_dir, capsys, kind, keys):
     for key in keys:
         assert ckpt_eval[key] == pytest.approx(summary[f"final_test_{key}"], abs=1e-9)
     packed = scenes_dir / f"{kind}.biper"
-    assert main(["export", str(out / "final.pt"), str(packed)]) == 0
+    assert main(["export", str(out / "final.pt"), "-o", str(packed)]) == 0
     packed_eval = _eval_json(capsys, packed, scenes_dir)
     for key in keys:  # same predictions: the packed kernels equal the training model
         assert packed_eval[key] == pytest.approx(ckpt_eval[key], abs=1e-6)
@@ -307,7 +307,7 @@ def test_compare_two_methods_reports_miou(scenes_dir, capsys):
 def test_infer_writes_masks_boxes_and_plots(scenes_dir, capsys):
     seg = _train(scenes_dir, "scenes-seg-biper-cpu", "seg")
     packed = scenes_dir / "seg-infer.biper"
-    assert main(["export", str(seg / "final.pt"), str(packed)]) == 0
+    assert main(["export", str(seg / "final.pt"), "-o", str(packed)]) == 0
     out = scenes_dir / "infer-seg"
     capsys.readouterr()
     assert main(["infer", str(packed), "--test-images", "3", "--data-dir", str(scenes_dir / "data"),
