@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                                                        "(and the ground truth of --test-images) as PNG")
     p.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
                    help="detection: keep boxes scoring at least S (default 0.3)")
-    p.add_argument("--topk", type=int, default=5, help="predictions to show per input (default 5)")
+    p.add_argument("--topk", type=int, default=5, help="predictions (detection: boxes) to show per input (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--input-size", type=lambda s: [int(v) for v in s.split(",")], default=None,

@@ -86,8 +86,10 @@ def dense_output(args, task: str, out, x, names, truth, meta, elapsed: float) ->
             print(f"{r['input']}: {shares} -> {r['mask']}")
         else:
             boxes = "; ".join(f"{b['label']} {b['score']:.2f} [{', '.join(f'{v:.1f}' for v in b['xyxy'])}]"
-                              for b in r["boxes"]) or "no boxes"
-            print(f"{r['input']}: {boxes}")
+                              for b in r["boxes"][:args.topk]) or "no boxes"
+            more = f" (+{len(r['boxes']) - args.topk} more{' in ' + r['file'] if 'file' in r else ''})" \
+                if len(r["boxes"]) > args.topk else ""
+            print(f"{r['input']}: {boxes}{more}")
     print(f"{len(x)} inputs in {elapsed * 1e3:.1f} ms ({task}; classes: {len(classes) if classes else '?'})")
     return 0
 
