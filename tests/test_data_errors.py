@@ -203,3 +203,30 @@ def test_default_cache_dir_falls_back_when_data_dir_is_unusable(tmp_path, monkey
         assert not (tmp_path / "ro" / ".biper-cache").exists()
     finally:
         (tmp_path / "ro").chmod(0o755)
+
+
+SCENE_CASES = [
+    ({"image_size": 8}, "scenes option image_size must be an integer >= 16, got 8"),
+    ({"min_scale": 30, "max_scale": 20}, r"scenes option min_scale \(30\) must be <= max_scale \(20\)"),
+    ({"max_scale": 80}, r"scenes option max_scale must be an integer in \[4, 64\], got 80"),
+    ({"max_objects": 0}, r"scenes option max_objects must be an integer in \[1, 255\], got 0"),
+    ({"min_objects": 3, "max_objects": 2}, r"min_objects \(3\) must be <= max_objects \(2\)"),
+    ({"target": "points"}, "scenes option target must be one of mask, boxes, got 'points'"),
+    ({"background": "cifar"}, "scenes option background must be one of texture, plain"),
+    ({"mask": "box"}, "scenes option mask must be one of estimate, square"),
+    ({"train_size": 0}, "scenes option train_size must be an integer >= 1, got 0"),
+    ({"seed": 1.5}, "scenes option seed must be an integer >= 0, got 1.5"),
+    ({"pad": 40}, r"scenes option pad must be an integer in \[0, 32\], got 40"),
+    ({"colour": 3}, "unknown option.*colour for dataset 'scenes'"),
+]
+
+
+@pytest.mark.parametrize("options,message", SCENE_CASES, ids=[str(o) for o, _ in SCENE_CASES])
+def test_bad_scene_options_are_named_before_any_reading(tmp_path, options, message):
+    with pytest.raises(BiperError, match=message):
+        load_dataset("scenes", tmp_path / "absent", "train", cache_dir=False, **options)
+
+
+def test_scenes_without_cifar_say_where_they_looked(tmp_path):
+    with pytest.raises(BiperError, match=f"no CIFAR-10 found at {tmp_path}"):
+        load_dataset("scenes", tmp_path, "test", cache_dir=False)

@@ -10,7 +10,8 @@ Public API (the trainer and CLI use exactly these):
 
 ``load_dataset(name, data_dir, split, *, subset=None, cache_dir=None, skip_corrupt=False,
 progress=True, download=False, **options) -> ImageTensorDataset``
-    ``name`` in :data:`DATASETS` = ("cifar10", "folder", "imagenet", "synthetic"); ``split`` in
+    ``name`` in :data:`DATASETS` = ("cifar10", "folder", "imagenet", "synthetic", "scenes",
+    "coco"); ``split`` in
     "train", "test" ("val" is an alias of "test"). ``cifar10`` auto-detects the official
     archive / extracted folder or ``cifar10-jpeg.tar`` / extracted JPEG folder under
     ``data_dir``. ``folder`` reads class folders or a tar of them. ``imagenet`` returns a
@@ -19,6 +20,16 @@ progress=True, download=False, **options) -> ImageTensorDataset``
     ``subset=N`` keeps the first N examples of a round-robin over classes (first image of each
     class, then the second, ...), so N = k * num_classes gives k per class; kept examples stay
     in dataset order. Unknown names / splits / options raise ``BiperError`` listing the valid ones.
+    ``scenes`` (CIFAR-10 objects on textured backgrounds, generated once and cached) and ``coco``
+    (COCO-style JSON via pycocotools) return a :class:`DenseDataset` for segmentation or
+    detection (option ``target="mask" | "boxes"``; ``subset=N`` keeps the first N images).
+
+``DenseDataset``
+    ``.images`` uint8 (N, 3, H, W), ``.masks`` uint8 (N, H, W) (0 background, c + 1 class c,
+    255 ignore), ``.boxes`` float32 (N, M, 5) rows ``[cls, x0, y0, x1, y1]`` (x1/y1 exclusive,
+    padding rows cls = -1), ``.classes``, ``.num_classes``, ``.task``, ``.max_objects``,
+    ``fetch_pair(indices, augment=, generator=) -> (x uint8, y)`` with the flip/translation
+    applied to image, mask and boxes alike; ``TensorLoader`` then yields ``(x, y)`` with that y.
 
 ``ImageTensorDataset``
     ``.images`` uint8 (N, 3, H, W), ``.labels`` int64 (N,), ``.classes`` list[str],
@@ -59,6 +70,7 @@ from biper.data.dataset import (
     ImageTensorDataset,
     balanced_order,
 )
+from biper.data.dense import DenseDataset
 from biper.data.imagenet import LazyImageFolder
 from biper.data.load import DATASETS, SPLITS, find_cifar10, load_dataset
 from biper.data.loader import TensorLoader
@@ -71,6 +83,7 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR10_URL",
     "DATASETS",
+    "DenseDataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SPLITS",

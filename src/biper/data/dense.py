@@ -8,7 +8,8 @@ A :class:`DenseDataset` holds, for N images,
   (the box covers ``x0 <= x < x1``), ``cls`` in ``0..K-1``; unused rows are ``[-1, 0, 0, 0, 0]``
   and come after the used ones. M (``max_objects``) is fixed per dataset;
 - optionally ``instances`` uint8 (N, H, W): 0 = background, ``k + 1`` = the object of box row k
-  (for generated scenes, so boxes can be checked against the visible pixels).
+  (for generated scenes, so boxes can be checked against the visible pixels), and ``objects``
+  (N, M, C) int64 per-box records of a generator (one row per box row).
 
 ``target`` chooses what a batch's ``y`` is: ``"mask"`` -> int64 (B, H, W) (task
 ``"segmentation"``, ``classes`` = ``["background", *object classes]``) or ``"boxes"`` -> float32
@@ -87,8 +88,8 @@ class DenseDataset:
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
                  object_classes: Sequence[str], *, target: str = "mask",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 pad: int = 4, instances: torch.Tensor | None = None, source: str = "",
-                 meta: dict | None = None):
+                 pad: int = 4, instances: torch.Tensor | None = None,
+                 objects: torch.Tensor | None = None, source: str = "", meta: dict | None = None):
         if target not in TARGETS:
             raise BiperError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
@@ -108,6 +109,7 @@ class DenseDataset:
         self.masks = masks
         self.boxes = boxes.to(torch.float32)
         self.instances = instances
+        self.objects = objects
         self.object_classes = [str(c) for c in object_classes]
         self.target = target
         self.task = TARGETS[target]
@@ -140,7 +142,7 @@ class DenseDataset:
     def _replace(self, fn) -> DenseDataset:
         out = DenseDataset.__new__(DenseDataset)
         out.__dict__.update(self.__dict__)
-        for name in ("images", "masks", "boxes", "instances", "labels"):
+        for name in ("images", "masks", "boxes", "instances", "objects", "labels"):
             value = getattr(self, name)
             setattr(out, name, None if value is None else fn(value))
         return out

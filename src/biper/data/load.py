@@ -39,6 +39,7 @@ import torch
 
 from biper.data import cache as _cache
 from biper.data.cifar import ARCHIVE_NAME, FOLDER_NAME, download_cifar10, read_cifar10
+from biper.data.coco import COCO_OPTIONS, load_coco
 from biper.data.dataset import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -48,16 +49,17 @@ from biper.data.dataset import (
 )
 from biper.data.folder import read_folder
 from biper.data.imagenet import open_imagenet
-from biper.data.scenes_load import SCENE_OPTIONS, load_scenes
+from biper.data.scenes_load import SCENE_OPTIONS, load_scenes, scene_options
 from biper.data.synthetic import make_synthetic
 from biper.errors import BiperError, did_you_mean
 
 __all__ = ["DATASETS", "SPLITS", "load_dataset", "find_cifar10"]
 
-DATASETS = ("cifar10", "folder", "imagenet", "synthetic", "scenes")
+DATASETS = ("cifar10", "folder", "imagenet", "synthetic", "scenes", "coco")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 _OPTIONS = {"cifar10": (), "folder": (), "imagenet": ("image_size", "resize_size", "workers"),
-            "synthetic": ("num_classes", "size", "length", "seed"), "scenes": SCENE_OPTIONS}
+            "synthetic": ("num_classes", "size", "length", "seed"), "scenes": SCENE_OPTIONS,
+            "coco": COCO_OPTIONS}
 JPEG_TAR_NAME = "cifar10-jpeg.tar"
 
 
@@ -96,7 +98,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
                  **options):
     """Load split ``split`` ("train", "test"; "val" = "test") of dataset ``name``.
 
-    Returns an :class:`ImageTensorDataset` (a ``LazyImageFolder`` for ``imagenet``). ``subset=N``
+    Returns an :class:`ImageTensorDataset` (a ``LazyImageFolder`` for ``imagenet``, a
+    :class:`~biper.data.dense.DenseDataset` for ``scenes`` and ``coco``). ``subset=N``
     keeps the first N examples of the round-robin class order (N = k * classes gives k per
     class), in dataset order. Bad names, paths or data raise ``BiperError``.
     """
@@ -122,6 +125,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None, split: str, *,
             ds = open_imagenet(data_dir, split, skip_corrupt=skip_corrupt, **options)
         elif name == "cifar10":
             ds = _load_cifar10(Path(data_dir), split, cache_dir, skip_corrupt, progress, download)
+        elif name == "coco":
+            ds = load_coco(data_dir, split, **options)
         elif name == "scenes":
             ds = _load_scenes(Path(data_dir), split, cache_dir, skip_corrupt, progress, download,
                               options)
@@ -155,6 +160,7 @@ def _load_scenes(data_dir: Path, split: str, cache_dir, skip_corrupt: bool, prog
     def objects():
         return _load_cifar10(data_dir, split, cache_dir, skip_corrupt, progress, download)
 
+    scene_options(**options)                         # bad options fail before any reading
     found = find_cifar10(data_dir)
     if found is None:
         objects()                                    # raises the cifar10 error, or downloads

@@ -13,9 +13,11 @@ pixel noise (sigma 6, from a torch generator seeded by the block's numpy generat
 Object masks (``mask="estimate"``, the default) are a simple foreground estimate on the 32x32
 source: the border colour is the per-channel median of the 124 border pixels; a pixel is
 foreground when one of its channels differs from it by more than ``threshold`` (40 of 255); of
-that, the largest 8-connected blob is kept and its holes (background regions not 4-connected to
-the border) are filled. When the result covers less than 15% of the image, the whole square is
-used instead. The mask is resized like the image (bilinear, then > 0.5). ``mask="square"`` uses
+that, the largest 8-connected blob is kept (of equally large ones, the one whose first pixel
+comes first in raster order) and its holes (background regions not 4-connected to the border)
+are filled. When the result covers less than 15% of the image, the whole square is used
+instead. ``scipy.ndimage`` does the labelling when installed (extra ``dense``), else torch label
+propagation does, with the same result. The mask is resized like the image (bilinear, then > 0.5). ``mask="square"`` uses
 the full pasted square. Only mask pixels are pasted, so the instance map is exactly what is
 visible. After occlusion, objects with fewer than ``min_visible`` visible pixels are dropped
 (and the scene re-rendered without them). Boxes are the tight boxes of the visible pixels of
@@ -30,7 +32,7 @@ Example::
 
     >>> out = generate_scenes(images, labels, 100, SceneParams(image_size=64), seed=0, split="train")
     >>> out["images"].shape, out["instances"].shape, out["objects"].shape
-    ((100, 3, 64, 64), (100, 64, 64), (100, 4, 6))
+    ((100, 3, 64, 64), (100, 64, 64), (100, 4, 9))
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from biper.data.loader import derive_seed
 
 __all__ = ["SceneParams", "GENERATOR_VERSION", "foreground_masks", "textures", "generate_scenes"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _BLOCK = 1024                     # scenes per texture seed block (part of the output definition)
 _MIN_FRACTION = 0.15
 
@@ -99,28 +101,81 @@ def _spread(lab: torch.Tensor, allowed: torch.Tensor, diagonal: bool) -> torch.T
     return lab
 
 
-def foreground_masks(images: torch.Tensor, threshold: int = 40) -> torch.Tensor:
-    """Foreground estimate (N, H, W) bool of uint8 images (N, 3, H, W); see the module docstring."""
-    n, _, h, w = images.shape
+def _raw_foreground(images: torch.Tensor, threshold: int) -> torch.Tensor:
     x = images.to(torch.int16)
     border = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], 2)
     ref = border.median(dim=2).values                                  # (N, 3)
-    fg = (x - ref[:, :, None, None]).abs().amax(1) > threshold         # (N, H, W)
-    # largest 8-connected component: spread the largest pixel id over each component
-    ids = torch.arange(1, h * w + 1, dtype=torch.int32).view(1, h, w)
-    lab = _spread(torch.where(fg, ids, 0), fg, diagonal=True).flatten(1).to(torch.int64)
-    counts = torch.zeros(n, h * w + 1, dtype=torch.int64)
+    return (x - ref[:, :, None, None]).abs().amax(1) > threshold       # (N, H, W)
+
+
+def _largest_and_filled_torch(fg: torch.Tensor) -> torch.Tensor:
+    n, h, w = fg.shape
+    hw = h * w
+    # component label = hw - (its first pixel in raster order), spread over the component
+    ids = hw - torch.arange(hw, dtype=torch.float32).view(1, h, w)
+    lab = _spread(torch.where(fg, ids, 0.0), fg, diagonal=True).flatten(1).to(torch.int64)
+    counts = torch.zeros(n, hw + 1, dtype=torch.int64)
     counts.scatter_add_(1, lab, torch.ones_like(lab))
     counts[:, 0] = 0
-    best = counts.argmax(1)                                            # (N,)
-    fg = ((lab == best[:, None]) & (best[:, None] > 0)).view(n, h, w)
-    # fill holes: background 4-connected to the border stays background
+    best = (counts * (hw + 1) + torch.arange(hw + 1)).argmax(1)       # ties: earliest first
+    fg = ((lab == best[:, None]) & (counts.amax(1, keepdim=True) > 0)).view(n, h, w)
     edge = torch.zeros_like(fg)
     edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
-    outside = _spread((edge & ~fg).to(torch.int32), ~fg, diagonal=False) > 0
-    filled = ~outside
-    tiny = filled.flatten(1).sum(1) < _MIN_FRACTION * h * w
-    filled[tiny] = True
+    return ~(_spread((edge & ~fg).to(torch.float32), ~fg, diagonal=False) > 0)
+
+
+def _largest_and_filled_scipy(fg: torch.Tensor, ndimage) -> torch.Tensor:
+    """Same result as the torch path, with scipy.ndimage on the whole stack at once (the
+    structuring elements do not connect neighbouring images)."""
+    raw = np.pad(fg.numpy(), ((1, 1), (0, 0), (0, 0)))              # empty image at both ends
+    eight = np.zeros((3, 3, 3), bool)
+    eight[1] = True
+    lab, count = ndimage.label(raw, structure=eight)                  # labels in raster order
+    sizes = np.bincount(lab.ravel(), minlength=count + 1)
+    image_of = np.zeros(count + 1, np.int64)
+    image_of[lab[lab > 0]] = np.nonzero(lab)[0]                      # same (C) order
+    best = np.zeros(raw.shape[0], np.int64)
+    labels = np.arange(1, count + 1)
+    order = np.lexsort((labels, -sizes[1:], image_of[1:]))           # per image: biggest, first
+    firsts = labels[order]
+    imgs = image_of[firsts]
+    keep = np.ones(len(firsts), bool)
+    keep[1:] = imgs[1:] != imgs[:-1]
+    best[imgs[keep]] = firsts[keep]
+    largest = (lab == best[:, None, None]) & (best[:, None, None] > 0)
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    back, count = ndimage.label(~largest, structure=cross)            # 4-connected background
+    edge = np.concatenate([back[:, 0].ravel(), back[:, -1].ravel(), back[:, :, 0].ravel(),
+                           back[:, :, -1].ravel()])
+    outside = np.zeros(count + 1, bool)
+    outside[edge] = True
+    outside[0] = False
+    return torch.from_numpy(~outside[back[1:-1]])
+
+
+def foreground_masks(images: torch.Tensor, threshold: int = 40, *,
+                     use_scipy: bool | None = None) -> torch.Tensor:
+    """Foreground estimate (N, H, W) bool of uint8 images (N, 3, H, W); see the module docstring.
+
+    The connected components and hole filling use ``scipy.ndimage`` when it is installed
+    (``use_scipy=None``), else torch label propagation; both give the same masks (ties between
+    equally large blobs go to the one whose first pixel comes first in raster order).
+    """
+    fg = _raw_foreground(images, threshold)
+    ndimage = None
+    if use_scipy is not False:
+        try:
+            from scipy import ndimage
+        except ImportError:
+            if use_scipy:
+                raise
+    if fg.shape[0] == 0:
+        return fg
+    filled = _largest_and_filled_scipy(fg, ndimage) if ndimage is not None \
+        else _largest_and_filled_torch(fg)
+    h, w = fg.shape[1:]
+    filled[filled.flatten(1).sum(1) < _MIN_FRACTION * h * w] = True
     return filled
 
 
@@ -235,9 +290,9 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
     """``count`` scenes from source images ``objects`` uint8 (S, 3, h, w) with ``labels`` (S,).
 
     Returns numpy arrays ``images`` uint8 (count, 3, H, W), ``instances`` uint8 (count, H, W)
-    (0 = background, k + 1 = slot k) and ``objects`` int32 (count, M, 6) rows
-    ``[cls, source index, x0, y0, x1, y1]`` (tight box of the visible pixels; ``cls = -1`` and
-    source -1 for empty or dropped slots).
+    (0 = background, k + 1 = slot k) and ``objects`` int32 (count, M, 9) rows
+    ``[cls, source index, x0, y0, x1, y1, x, y, side]``: the tight box of the visible pixels and
+    where the ``side`` x ``side`` square was pasted (all -1 for empty or dropped slots).
     """
     p = params
     size, m = p.image_size, p.max_objects
@@ -250,7 +305,7 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
         fg[used] = foreground_masks(objects[used], p.threshold)
     images = np.empty((count, 3, size, size), np.uint8)
     insts = np.empty((count, size, size), np.uint8)
-    table = np.full((count, m, 6), -1, np.int32)
+    table = np.full((count, m, 9), -1, np.int32)
     chunk = max(_BLOCK, chunk - chunk % _BLOCK)
     for start in range(0, count, chunk):
         stop = min(count, start + chunk)
@@ -270,7 +325,8 @@ def generate_scenes(objects: torch.Tensor, labels: torch.Tensor, count: int, par
         insts[start:stop] = inst.numpy()
         cls = torch.where(active, labels[sub["src"]], -1)
         src = torch.where(active, sub["src"], -1)
-        rows = torch.cat([cls[..., None], src[..., None], boxes], -1)
+        rows = torch.cat([cls[..., None], src[..., None], boxes, sub["x"][..., None],
+                          sub["y"][..., None], sub["side"][..., None]], -1)
         rows[~active] = -1
         table[start:stop] = rows.numpy().astype(np.int32)
     return {"images": images, "instances": insts, "objects": table}

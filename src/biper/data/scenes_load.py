@@ -23,7 +23,7 @@ option          default      meaning
 
 Train scenes paste train-split CIFAR-10 images only, test scenes test-split images only. The
 cache entry holds ``images`` (N, 3, H, W) uint8, ``instances`` (N, H, W) uint8 and ``objects``
-(N, M, 6) int32 ``[cls, source index, x0, y0, x1, y1]``, keyed by the parameters and the source
+(N, M, 9) int32 ``[cls, source index, x0, y0, x1, y1, x, y, side]``, keyed by the parameters and the source
 archive's path and fingerprint; ``target`` and ``pad`` only change how batches are served.
 """
 
@@ -39,7 +39,7 @@ import torch
 
 from biper.data import cache as _cache
 from biper.data.dataset import CIFAR10_CLASSES, channel_stats
-from biper.data.dense import TARGETS, DenseDataset, compact_boxes
+from biper.data.dense import TARGETS, DenseDataset
 from biper.data.progress import notice
 from biper.data.scenes import GENERATOR_VERSION, SceneParams, generate_scenes
 from biper.errors import BiperError
@@ -95,19 +95,27 @@ def scene_options(target: str = "mask", image_size: int = 64, train_size: int = 
 def scenes_from_arrays(arrays: dict[str, np.ndarray], *, target: str, pad: int,
                        mean=None, std=None, source: str = "", meta: dict | None = None
                        ) -> DenseDataset:
-    """A :class:`DenseDataset` from generator output (semantic masks and box rows derived)."""
+    """A :class:`DenseDataset` from generator output: box rows are the used slots in paste
+    order, instance ids are renumbered to match (``k + 1`` = box row k), semantic masks derived.
+    The dataset's ``objects`` attribute keeps the reordered (N, M, 9) table (int64)."""
     images = torch.from_numpy(arrays["images"])
     inst = torch.from_numpy(arrays["instances"])
     table = torch.from_numpy(arrays["objects"]).to(torch.int64)        # (N, M, 6)
     n, m = table.shape[:2]
+    order = torch.sort((table[..., 0] < 0).to(torch.int8), dim=1, stable=True).indices
+    table = torch.gather(table, 1, order[..., None].expand_as(table))  # used slots first
     cls = table[..., 0]
-    lut = torch.cat([torch.zeros(n, 1, dtype=torch.int64), (cls + 1).clamp_min(0)], 1)
-    masks = torch.gather(lut, 1, inst.view(n, -1).to(torch.int64)).view(inst.shape)
-    boxes = torch.cat([cls[..., None], table[..., 2:]], -1).to(torch.float32)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(m).expand(n, m).contiguous())  # slot -> box row
+    zero = torch.zeros(n, 1, dtype=torch.int64)
+    inst = torch.gather(torch.cat([zero, rank + 1], 1), 1, inst.view(n, -1).to(torch.int64))
+    lut = torch.cat([zero, (cls + 1).clamp_min(0)], 1)
+    masks = torch.gather(lut, 1, inst).view(n, *images.shape[2:]).to(torch.uint8)
+    boxes = torch.cat([cls[..., None], table[..., 2:6]], -1).to(torch.float32)
     boxes[cls < 0] = torch.tensor([-1.0, 0, 0, 0, 0])
-    return DenseDataset(images, masks.to(torch.uint8), compact_boxes(boxes), CIFAR10_CLASSES,
-                        target=target, mean=mean, std=std, pad=pad, instances=inst,
-                        source=source, meta=meta)
+    return DenseDataset(images, masks, boxes, CIFAR10_CLASSES, target=target, mean=mean,
+                        std=std, pad=pad, instances=inst.view(masks.shape).to(torch.uint8),
+                        objects=table, source=source, meta=meta)
 
 
 def load_scenes(source: Path, split: str, *, cache_dir: Path | None,
