@@ -14,7 +14,7 @@ back to the output stride ``model.stride = 4``. Three full-precision heads, each
 Forward returns ONE tensor ``(B, num_classes + 4, H/4, W/4)``: channels ``[0:K]`` heatmap
 logits, ``[K:K+2]`` size (w, h), ``[K+2:K+4]`` offset (x, y). Box decoding, targets and the
 loss are in `biper.models.detection`. With ``binarize=`` the 18 encoder and 2 decoder 3x3
-convs become binary; the stem (``keep_first``) and heads (``fp_patterns``) stay full precision.
+convs become binary; the stem and the heads (``fp_patterns``) stay full precision.
 
 Reference: Zhou et al., "Objects as Points", 2019.
 
@@ -48,7 +48,7 @@ def _head(cin: int, mid: int, cout: int) -> nn.Sequential:
 class CenterNet(BiperModel):
     """ResNet encoder (stem stride 2) + one UpBlock to stride 4 + heatmap / size / offset heads."""
 
-    fp_patterns = ("heads.*",)
+    fp_patterns = ("encoder.conv1", "heads.*")
 
     def __init__(self, num_classes: int = 10, act: str = "hardtanh", head_channels: int = 32):
         super().__init__()

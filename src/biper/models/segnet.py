@@ -15,7 +15,7 @@ A full-precision 1x1 ``head`` maps the 16 channels to ``num_classes`` logits per
 
 Output: logits ``(B, num_classes, H, W)`` at input resolution (H, W multiples of 4);
 ``num_classes`` counts the background class. With ``binarize=`` the 18 encoder and 4 decoder
-3x3 convs become binary; the stem (``keep_first``) and ``head`` (``fp_patterns``) stay full
+3x3 convs become binary; the stem and ``head`` (both in ``fp_patterns``) stay full
 precision. Upsampling and concatenation are parameter-free tensor ops, so the packed model
 (`biper.deploy.pack_model`) has the same module tree with packed convolutions.
 
@@ -96,7 +96,7 @@ class UpBlock(nn.Module):
 class SegNet(BiperModel):
     """ResNet encoder + U-Net decoder back to input resolution + 1x1 full-precision head."""
 
-    fp_patterns = ("head",)
+    fp_patterns = ("encoder.conv1", "head")
 
     def __init__(self, num_classes: int = 11, act: str = "hardtanh",
                  depths: tuple[int, ...] = (3, 3, 3), widths: tuple[int, ...] = (16, 32, 64)):
