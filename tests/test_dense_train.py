@@ -264,6 +264,10 @@ def test_train_eval_export_on_tiny_scenes(scenes_dir, capsys, kind, keys):
     assert ckpt_eval["task"] == ("segmentation" if kind == "seg" else "detection")
     for key in keys:
         assert ckpt_eval[key] == pytest.approx(summary[f"final_test_{key}"], abs=1e-9)
+    capsys.readouterr()
+    assert main(["summary", str(out / "final.pt"), "--json"]) == 0
+    tests = json.loads(capsys.readouterr().out)["test_metrics"]
+    assert all(tests[f"test_{key}"] == summary[f"final_test_{key}"] for key in keys)
     packed = scenes_dir / f"{kind}.biper"
     assert main(["export", str(out / "final.pt"), "-o", str(packed)]) == 0
     packed_eval = _eval_json(capsys, packed, scenes_dir)
