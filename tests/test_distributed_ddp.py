@@ -76,11 +76,11 @@ def record_rank_state(out: Path, rank: int) -> None:
     """In a worker: after every step measure the parameter drift between ranks and note which
     examples the step used (a checksum per image); note the evaluation shard sizes; at the end
     save this rank's final state and the record next to the run."""
-    from biper.train import engine
+    from biper.train import engine, tasks
     from biper.train.distributed import rank_divergence
 
     record = {"drift": [], "batches": [], "eval": []}
-    step, finish, evaluate = engine.Trainer._step, engine.Trainer._finish, engine.evaluate
+    step, finish, evaluate = engine.Trainer._step, engine.Trainer._finish, tasks.evaluate  # the classifier's
 
     def _step(self, s, index, x, y, acc):
         lr = step(self, s, index, x, y, acc)
@@ -97,7 +97,7 @@ def record_rank_state(out: Path, rank: int) -> None:
         out.with_name(f"{out.name}.rank{rank}.json").write_text(json.dumps(record))
         return finish(self, final_state)
 
-    engine.Trainer._step, engine.Trainer._finish, engine.evaluate = _step, _finish, _evaluate
+    engine.Trainer._step, engine.Trainer._finish, tasks.evaluate = _step, _finish, _evaluate
 
 
 def recorded(out: Path, rank: int) -> dict:

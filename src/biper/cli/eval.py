@@ -1,10 +1,12 @@
 """``biper eval CHECKPOINT [--data-dir D] [--subset N] [--split test|train] [--json]``.
 
 Rebuilds the model stored in a biper checkpoint (loaded with ``weights_only=True`` and its
-checksum verified), loads the dataset named in the checkpoint's config and reports top-1
-accuracy and mean cross-entropy. A packed model file (``biper export``) is evaluated the same
-way, with the training config stored in it, on the CPU kernels; the file type is recognised by
-its first bytes, and any other file is reported as what it is.
+checksum verified), loads the dataset named in the checkpoint's config and reports what its
+task measures: top-1 accuracy and mean cross-entropy for classifiers, mIoU and pixel accuracy
+for segmentation, mAP@0.5 and mAP@[.5:.95] for detection (with the task's mean loss). A packed
+model file (``biper export``) is evaluated the same way, with the training config stored in it,
+on the CPU kernels; the file type is recognised by its first bytes, and any other file is
+reported as what it is.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def run(args) -> int:
     from ..data import TensorLoader, load_dataset
     from ..deploy.filetype import require_model_file
     from ..errors import BiperError
-    from ..train import RunConfig, build_model_from_config, evaluate, load_checkpoint
+    from ..train import RunConfig, build_model_from_config, load_checkpoint
+    from ..train.metrics import METRIC_LABELS
     from ..train.model import autocast_context, resolve_device
+    from ..train.tasks import check_task_data, eval_task
 
     for name in ("subset", "batch_size"):
         value = getattr(args, name)
@@ -55,26 +59,31 @@ def run(args) -> int:
     data_dir = args.data_dir if args.data_dir is not None else data.data_dir
     ds = load_dataset(data.dataset, data_dir, args.split, subset=args.subset, cache_dir=data.cache_dir,
                       skip_corrupt=data.skip_corrupt, progress=not args.quiet, **data.options)
+    check_task_data(config, ds)
+    task = eval_task(config)
     loader = TensorLoader(ds, args.batch_size or data.eval_batch_size, train=False,
                           channels_last=config.channels_last)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        loss, acc = evaluate(model, loader, device=device, precision=precision, quiet=args.quiet)
+        tests = task.evaluate(model, loader, device=device, precision=precision, quiet=args.quiet)
     except (RuntimeError, ValueError) as exc:  # e.g. a dataset whose images do not fit the model
         if isinstance(exc, BiperError):
             raise
         raise BiperError(f"{args.checkpoint} cannot run on {data.dataset} inputs of shape "
                          f"{tuple(ds[0][0].shape)}: {str(exc).splitlines()[0]}") from None
+    scores = {("accuracy" if k == "test_acc" else k[len("test_"):]): v for k, v in tests.items()}
     result = {"checkpoint": str(args.checkpoint), "stage": ckpt.get("stage_name"), "split": args.split,
-              "examples": len(ds), "accuracy": acc, "loss": loss,
+              "examples": len(ds), **({} if task.name == "classification" else {"task": task.name}), **scores,
               "global_step": ckpt["progress"]["global_step"], "version": ckpt.get("version")}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        shown = " ".join(f"{'accuracy' if k == 'test_acc' else METRIC_LABELS[k]} {v:.2f}%"
+                         for k, v in tests.items() if k in METRIC_LABELS)
         print(f"{args.checkpoint}: stage '{result['stage']}', step {result['global_step']}: "
-              f"{args.split} accuracy {acc:.2f}% loss {loss:.4f} on {len(ds)} examples")
+              f"{args.split} {shown} loss {tests['test_loss']:.4f} on {len(ds)} examples")
     return 0
 
 

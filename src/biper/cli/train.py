@@ -42,6 +42,7 @@ def run(args) -> int:
     from ..train import load_run_config, train
     from ..train.checkpoint import CheckpointWriteError
     from ..train.stops import TrainingStopped
+    from ..train.metrics import metric_label
 
     config = load_run_config(args.recipe, args.overrides, data_dir=args.data_dir,
                              max_steps=args.max_steps, subset=args.subset)
@@ -67,7 +68,8 @@ def run(args) -> int:
         return 1
     if not _main_rank():
         return 0
-    print(f"final test accuracy {summary['final_test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%), "
+    key = summary.get("main_metric", "test_acc")
+    print(f"final test {metric_label(key)} {summary[f'final_{key}']:.2f}% (best {summary[f'best_{key}']:.2f}%), "
           f"weights sha256 {summary['weights_sha256'][:16]}..., summary in {out / 'summary.json'}")
     return 0
 

@@ -4,7 +4,9 @@
 method once before any twice), as an ordinary run folder ``out/runs/<method>-seed<seed>`` and
 writes ``results.md`` / ``results.csv`` / ``results.json`` (rewritten after every run, so an
 unfinished comparison reports what finished) and ``curves.png`` (test accuracy per epoch: mean
-over seeds with a min-max band). Every run shares the base recipe's model, data, augmentation
+over seeds with a min-max band). For a dense task the task's main metric (mIoU, mAP@0.5) takes
+the place of accuracy: ``results["metric"]`` names it and the keys become ``final_test_miou``,
+``best_test_miou``, ... . Every run shares the base recipe's model, data, augmentation
 and runtime settings and gets the same budget; a method only changes how the model is binarized
 and trained:
 
@@ -249,19 +251,24 @@ def compare(recipe: str | os.PathLike, methods: list[str], seeds: list[int], out
         summary = _run_one(cfg, folder, quiet)
         history = _history(folder)
         model = build_model_from_config(load_checkpoint(folder / "final.pt"))
+        key = summary.get("main_metric", "test_acc")  # the task's main metric: accuracy, mIoU, mAP@0.5
         runs.append({"method": name, "seed": seed, "run_dir": str(folder),
-                     "final_test_acc": summary["final_test_acc"], "best_test_acc": summary["best_test_acc"],
+                     f"final_{key}": summary[f"final_{key}"], f"best_{key}": summary[f"best_{key}"],
                      "sec_per_epoch": sum(r["epoch_time"] for r in history) / max(len(history), 1),
                      "wall_time": summary["wall_time"], "size_kib": deployed_bits(model) / 8 / 1024,
-                     "curve": [r["test_acc"] for r in history]})
+                     "curve": [r[key] for r in history]})
         # the report after every run: an unfinished comparison shows what finished
         results = _summarize(str(recipe), seeds, info, runs, epochs=epochs, max_steps=max_steps,
                              overrides=list(overrides), subset=subset, runs_planned=len(plan))
+        if key != "test_acc":
+            results["metric"] = key
         write_report(out, results, plot=plot)
     return results
 
 
 def _summarize(recipe: str, seeds: list[int], info: dict, runs: list[dict], **settings) -> dict:
+    key = next((k[len("final_"):] for k in runs[0] if k.startswith("final_")), "test_acc") if runs else "test_acc"
+    final, best = f"final_{key}", f"best_{key}"
     methods = {}
     for name, entry in info.items():
         mine = [r for r in runs if r["method"] == name]
@@ -269,10 +276,8 @@ def _summarize(recipe: str, seeds: list[int], info: dict, runs: list[dict], **se
             continue
         methods[name] = {
             **entry,
-            "final_test_acc": {**_stats([r["final_test_acc"] for r in mine]),
-                               "seeds": {str(r["seed"]): r["final_test_acc"] for r in mine}},
-            "best_test_acc": {**_stats([r["best_test_acc"] for r in mine]),
-                              "seeds": {str(r["seed"]): r["best_test_acc"] for r in mine}},
+            final: {**_stats([r[final] for r in mine]), "seeds": {str(r["seed"]): r[final] for r in mine}},
+            best: {**_stats([r[best] for r in mine]), "seeds": {str(r["seed"]): r[best] for r in mine}},
             "sec_per_epoch": _stats([r["sec_per_epoch"] for r in mine])["mean"],
             "size_kib": mine[0]["size_kib"],
         }

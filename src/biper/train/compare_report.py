@@ -4,7 +4,9 @@
 per run (method, seed, final and best test accuracy, seconds per epoch, deployed size, folder);
 ``results.md`` one row per method: accuracies as mean ± sample standard deviation over seeds
 with every seed's value, seconds per training epoch (mean over the runs' epochs) and the
-deployed size (1 bit per binary weight, 32 per other parameter).
+deployed size (1 bit per binary weight, 32 per other parameter). A dense comparison
+(``results["metric"]``: ``test_miou``, ``test_map50``) shows that metric in place of accuracy,
+named in the header and the CSV columns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 from pathlib import Path
 
 from ..files import atomic_write
-from .metrics import write_json
+from .metrics import METRIC_LABELS, write_json
 
 __all__ = ["write_report", "markdown_table"]
 
@@ -29,12 +31,19 @@ def _pm(stats: dict) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f} ({seeds})"
 
 
+def _metric(results: dict) -> tuple[str, str]:
+    """(key, short name) of the compared metric: test_acc / acc, or the dense task's (mIoU, ...)."""
+    key = results.get("metric", "test_acc")
+    return key, METRIC_LABELS.get(key, key)
+
+
 def markdown_table(results: dict) -> str:
-    lines = ["| method | final test acc % (mean ± std; per seed) | best test acc % | s / epoch | "
+    key, name = _metric(results)
+    lines = [f"| method | final test {name} % (mean ± std; per seed) | best test {name} % | s / epoch | "
              "deployed KiB | budget | from |",
              "|---|---|---|---|---|---|---|"]
     for name, m in results["methods"].items():
-        lines.append(f"| {name} | {_pm(m['final_test_acc'])} | {_pm(m['best_test_acc'])} | "
+        lines.append(f"| {name} | {_pm(m[f'final_{key}'])} | {_pm(m[f'best_{key}'])} | "
                      f"{m['sec_per_epoch']:.1f} | {m['size_kib']:.1f} | {m['budget']} | {m['source']} |")
     return "\n".join(lines) + "\n"
 
@@ -44,7 +53,9 @@ def write_report(out: str | Path, results: dict, *, plot: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    key, label = _metric(results)
+    columns = [c.replace("test_acc", key) for c in CSV_COLUMNS]
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for run in results["runs"]:
         writer.writerow(run)
@@ -66,5 +77,7 @@ def write_report(out: str | Path, results: dict, *, plot: bool = True) -> None:
         curves: dict[str, list[list[float]]] = {}
         for run in results["runs"]:
             curves.setdefault(run["method"], []).append(run["curve"])
-        plot_accuracy_curves(out / "curves.png", curves, title=f"{results['recipe']}: test accuracy, "
-                                                               f"mean and min-max over seeds")
+        what = "accuracy" if key == "test_acc" else label
+        plot_accuracy_curves(out / "curves.png", curves, title=f"{results['recipe']}: test {what}, "
+                                                               f"mean and min-max over seeds",
+                             ylabel=f"test {what} (%)")

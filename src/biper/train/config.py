@@ -22,8 +22,8 @@ stages[i].*                 epochs, max_steps, optimizer (sgd|adam|adamw|bop), l
                             full_precision, init_from (previous|null|path), task
 stages[i].bop               with optimizer bop: gamma, threshold, float_optimizer (sgd|adam|adamw),
                             gamma_schedule (constant|lr) (`biper.train.bop`)
-stages[i].task              name (classification|distillation), teacher (previous|path), alpha,
-                            temperature
+stages[i].task              name (classification|distillation|segmentation|detection), teacher
+                            (previous|path), alpha, temperature, dice (segmentation: Dice weight)
 precision                   fp32 | bf16 (autocast; CPU or GPU) | amp (float16 + GradScaler, GPU)
 channels_last, compile      memory format of model and batches; wrap the model in torch.compile
 sync_bn                     BatchNorm -> SyncBatchNorm under DDP (global-batch statistics; CUDA)
@@ -65,7 +65,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "bop")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 WEIGHT_DECAY_ON = ("all", "conv_linear", "no_bias_norm")
 PRECISIONS = ("fp32", "bf16", "amp")
-TASKS = ("classification", "distillation")
+TASKS = ("classification", "distillation", "segmentation", "detection")
 
 
 class _Config:
@@ -153,13 +153,15 @@ class DataConfig(_Config):
 
 @dataclass(frozen=True)
 class TaskConfig(_Config):
-    """The loss of a stage: plain classification, or distillation from a teacher
-    (``previous`` = the previous stage's final model, or a checkpoint path)."""
+    """The loss of a stage: plain classification, distillation from a teacher (``previous`` =
+    the previous stage's final model, or a checkpoint path), per-pixel segmentation (``dice``:
+    weight of the Dice term, null = 0) or CenterNet detection."""
 
     name: str = "classification"
     teacher: str | None = None
     alpha: float = 0.5
     temperature: float = 4.0
+    dice: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, TASKS)
@@ -169,8 +171,11 @@ class TaskConfig(_Config):
         if self.name == "distillation" and self.teacher is None:
             raise ConfigError("teacher", "distillation needs a teacher: 'previous' (the previous stage's "
                                          "final model) or a checkpoint path")
-        if self.name == "classification" and self.teacher is not None:
+        if self.name != "distillation" and self.teacher is not None:
             raise ConfigError("teacher", "only the distillation task takes a teacher; set name: distillation")
+        check_number("dice", self.dice, minimum=0.0, none=True)
+        if self.dice is not None and self.name != "segmentation":
+            raise ConfigError("dice", f"the Dice weight belongs to the segmentation task, not {self.name}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,7 +239,7 @@ class StageConfig(_Config):
         check_str("init_from", self.init_from, none=True)
         if self.init_from in ("none", "null", ""):
             self._set("init_from", None)
-        self._set_nested("task", TaskConfig, "a mapping with keys name, teacher, alpha, temperature")
+        self._set_nested("task", TaskConfig, "a mapping with keys name, teacher, alpha, temperature, dice")
         self._set("bop", check_bop(self.bop))
         if self.bop is not None and self.optimizer != "bop":
             raise ConfigError("bop", f"Bop settings need optimizer bop (this stage uses {self.optimizer})")

@@ -10,12 +10,14 @@ from ..data.loader import TensorLoader, derive_seed
 from ..validate import wrap_errors
 from . import distributed as ddp
 from .config import RunConfig
+from .tasks import check_task_data
 
 __all__ = ["load_run_data", "stage_loaders"]
 
 
 def load_run_data(config: RunConfig, *, progress: bool):
-    """(train set, test set) of ``config.data``; errors are prefixed with ``data``."""
+    """(train set, test set) of ``config.data``; errors are prefixed with ``data``. The stages'
+    tasks must fit the data's targets (`biper.train.tasks.check_task_data`)."""
     from ..data import load_dataset
 
     d = config.data
@@ -27,7 +29,9 @@ def load_run_data(config: RunConfig, *, progress: bool):
             return (load_dataset(d.dataset, d.data_dir, "train", **kwargs),
                     load_dataset(d.dataset, d.data_dir, "test", **kwargs))
 
-    return ddp.main_first(load)  # rank 0 fills the cache before the others read it
+    train, test = ddp.main_first(load)  # rank 0 fills the cache before the others read it
+    check_task_data(config, train)
+    return train, test
 
 
 def stage_loaders(config: RunConfig, index: int, train_set, test_set, rank: int, world: int

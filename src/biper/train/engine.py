@@ -31,15 +31,15 @@ from . import distributed as ddp
 from .config import RunConfig
 from .evaluate import evaluate
 from .data import load_run_data, stage_loaders
-from .metrics import (epoch_line, epoch_row, heartbeat_line, is_main_process, log, progress_enabled, rank_world,
-                      run_summary, stage_line, write_json, write_metrics)
+from .metrics import (best_epoch, epoch_line, epoch_row, final_line, heartbeat_line, is_main_process, log, progress_enabled,
+                      rank_world, run_summary, stage_line, write_json, write_metrics)
 from .model import autocast_context, check_stage_models, init_stage_weights, model_spec
 from .optim import LRSchedule, build_optimizer
 from .run_files import check_resume_config, link_final, start_run_folder
 from .state import EpochTotals, StageState, checkpoint_payload, restore_stage
 from .step import train_step
 from .stops import NonFiniteLoss, SignalCatcher, TrainingInterrupted, TrainingStopped
-from .tasks import build_task
+from .tasks import build_task, eval_task
 
 __all__ = ["train", "Trainer", "TrainingStopped", "TrainingInterrupted", "NonFiniteLoss", "evaluate"]
 
@@ -163,7 +163,7 @@ class Trainer:
                 step += 1
                 self.global_step += 1
                 bar.update()
-                self._heartbeat(stage.name, epoch, step - epoch * s.spe, in_epoch, acc)
+                self._heartbeat(stage.name, epoch, step - epoch * s.spe, in_epoch, acc, s.task.train_metric is not None)
                 if step % s.spe == 0 or step >= s.total:
                     break
                 acc_now = EpochTotals(**{**acc.to_dict(), "time": acc.time + time.perf_counter() - t_start, "lr": lr})
@@ -174,14 +174,13 @@ class Trainer:
             acc.time += time.perf_counter() - t_start
             ddp.sync_buffers(s.model)  # rank 0's BatchNorm statistics everywhere: eval and checkpoint agree
             ddp.check_in_sync(s.model, f"after epoch {epoch + 1} of stage '{stage.name}'")
-            test_loss, test_acc = evaluate(s.net, test_loader, device=self.device, precision=cfg.precision,
-                                           desc=f"{stage.name} eval", quiet=self.quiet)
-            row = epoch_row(stage.name, index, epoch, self.global_step, lr, acc.global_sums(), test_loss,
-                            test_acc, self._wall())
+            tests = s.task.evaluate(s.net, test_loader, device=self.device, precision=cfg.precision,
+                                    desc=f"{stage.name} eval", quiet=self.quiet)
+            row = epoch_row(stage.name, index, epoch, self.global_step, lr, acc.global_sums(), tests,
+                            self._wall(), train_acc=s.task.train_metric is not None)
             row.update(self.flips.update(s.model))  # flip rate, mean |B'|, soft fraction per binary layer
             self.history.append(row)
-            if self.best is None or test_acc > self.best["test_acc"]:
-                self.best = {"test_acc": test_acc, "stage": row["stage"], "epoch": row["epoch"]}
+            self.best = best_epoch(self.best, row, s.task.main_metric)  # test_acc, test_miou or test_map50
             acc = EpochTotals()
             self._save(s, step, acc, stage_done=step >= s.total)
             if self.main:
@@ -201,16 +200,16 @@ class Trainer:
                        context=f" at stage '{stage.name}' step {step + 1} (global step {self.global_step + 1}); "
                                f"stopped before updating the weights; last good checkpoint: {last}; lower "
                                f"the learning rate or use precision fp32")
-        acc.add(r.loss, r.reg, r.correct, r.count)
+        acc.add(r.loss, r.reg, r.correct, r.count, r.parts)
         return lr
 
-    def _heartbeat(self, stage: str, epoch: int, done: int, steps: int, acc: EpochTotals) -> None:
+    def _heartbeat(self, stage: str, epoch: int, done: int, steps: int, acc: EpochTotals, accuracy: bool) -> None:
         """Without a terminal (logs, nohup), a progress line every `HEARTBEAT_SECONDS`."""
         now = time.perf_counter()
         if self.quiet or progress_enabled(False) or now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        log(heartbeat_line(stage, epoch, done, steps, acc, self._wall(), self.world))
+        log(heartbeat_line(stage, epoch, done, steps, acc, self._wall(), self.world, accuracy))
 
     def _wall(self) -> float:  # seconds of this run, excluding work lost before a resume
         return self.wall_base + time.perf_counter() - self._t0
@@ -239,11 +238,12 @@ class Trainer:
     def _finish(self, final_state: dict) -> dict[str, Any]:
         wall = self.history[-1]["wall_time"] if self.history else self._wall()
         summary = run_summary(self.config, self.history, self.best, self.global_step, wall,
-                              ck.weights_digest(final_state), self.device, self.world)
+                              ck.weights_digest(final_state), self.device, self.world,
+                              main_metric=eval_task(self.config).main_metric)
         if self.main:
             link_final(self.last_path, self.out / "final.pt")
             write_metrics(self.out, self.history)
             write_json(self.out / "summary.json", summary)
-            log(f"done: final test acc {summary['final_test_acc']:.2f}%, best {summary['best_test_acc']:.2f}%, "
+            log(f"done: {final_line(summary)}, "
                 f"{summary['steps']} steps in {summary['wall_time']:.0f}s; {self.out / 'summary.json'}")
         return summary

@@ -54,18 +54,23 @@ class EpochTotals:
     count: int = 0
     time: float = 0.0
     lr: float = 0.0
+    parts: dict = dataclasses.field(default_factory=dict)  # loss parts a task logs, weighted like loss
 
-    def add(self, loss: float, reg: float, correct: int, count: int) -> None:
+    def add(self, loss: float, reg: float, correct: int, count: int, parts: dict | None = None) -> None:
         self.loss += loss * count
         self.reg += reg * count
         self.correct += correct
         self.count += count
+        for key, value in (parts or {}).items():
+            self.parts[key] = self.parts.get(key, 0.0) + value * count
 
     def global_sums(self) -> "EpochTotals":
         """A copy with the sums added up over all ranks (collective)."""
-        sums = ddp.all_reduce_sums([getattr(self, k) for k in SUMS])
+        keys = sorted(self.parts)
+        sums = ddp.all_reduce_sums([getattr(self, k) for k in SUMS] + [self.parts[k] for k in keys])
         return dataclasses.replace(self, **{k: (int(v) if k in ("correct", "count") else v)
-                                            for k, v in zip(SUMS, sums)})
+                                            for k, v in zip(SUMS, sums)},
+                                   parts=dict(zip(keys, sums[len(SUMS):])))
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -103,7 +108,7 @@ def restore_stage(s: StageState, ckpt: dict, *, main: bool) -> tuple[int, EpochT
         s.scaler.load_state_dict(ckpt["scaler"])
     totals = EpochTotals.from_dict(ckpt["metrics"]["epoch"])
     if not main:  # the checkpoint holds the sums over all ranks: count them once
-        totals = dataclasses.replace(totals, loss=0.0, reg=0.0, correct=0, count=0)
+        totals = dataclasses.replace(totals, loss=0.0, reg=0.0, correct=0, count=0, parts={})
     if ckpt["progress"]["steps_per_epoch"] != s.spe:
         raise BiperError(f"checkpoint has {ckpt['progress']['steps_per_epoch']} steps per epoch, "
                          f"this run {s.spe}: the data or batch size changed")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,12 +31,15 @@ __all__ = ["StepResult", "train_step"]
 
 @dataclass(frozen=True)
 class StepResult:
-    """The numbers of one step: mean loss and regulariser, correct predictions, batch size."""
+    """The numbers of one step: mean loss and regulariser, the task's correct predictions and
+    what they are counted over (`train_counts`: examples, labelled pixels, ...), and the loss
+    parts the task logs beyond ``ce`` and ``reg`` (detection: heatmap, size, offset)."""
 
     loss: float
     reg: float
     correct: int
     count: int
+    parts: dict = field(default_factory=dict)
 
 
 def train_step(model: nn.Module, task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
@@ -72,5 +75,5 @@ def train_step(model: nn.Module, task, optimizer: torch.optim.Optimizer, x: torc
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
     clip_latent_weights_(model)
-    correct = int((logits.detach().argmax(dim=1) == y).sum())
-    return StepResult(value, float(parts["reg"]), correct, y.numel())
+    correct, count = task.train_counts(logits.detach(), y)
+    return StepResult(value, float(parts["reg"]), correct, count, task.log_parts(parts))

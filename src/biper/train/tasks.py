@@ -2,7 +2,10 @@
 
 A task turns ``(model, x, y)`` into ``(loss, logits, parts)`` where ``parts`` are scalar floats
 for logging. The engine owns the loop, the optimizer and the precision context; the task owns
-the loss.
+the loss, what a step counts (``train_counts(logits, y) -> (correct, count)``, ``train_metric``
+its name or None), the test metrics (``evaluate(model, loader, ...) -> {"test_loss": ..., ...}``)
+and the one that ranks epochs (``main_metric``). The dense tasks (segmentation, detection) are
+in `biper.train.dense_tasks`.
 
 - `ClassificationTask`: ``CE(model(x), y; label smoothing) + tau * R(model)`` where ``R`` is the
   sum over binary layers of each weight quantizer's regulariser
@@ -28,16 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BiperError
 from ..nn import regularization
 from ..validate import wrap_errors
 from .checkpoint import load_checkpoint
+from .dense_tasks import DetectionTask, SegmentationTask
+from .evaluate import evaluate
 from .model import build_model_from_config, model_spec
 
-__all__ = ["ClassificationTask", "DistillationTask", "build_task"]
+__all__ = ["ClassificationTask", "DistillationTask", "build_task", "eval_task", "check_task_data", "data_task"]
 
 
 class ClassificationTask:
     """Cross-entropy with optional label smoothing plus ``tau`` times the quantizer regulariser."""
+
+    name = "classification"
+    main_metric = "test_acc"
+    train_metric = "acc"
 
     def __init__(self, *, label_smoothing: float = 0.0, tau: float = 0.0):
         self.label_smoothing = float(label_smoothing)
@@ -57,6 +67,22 @@ class ClassificationTask:
 
     def to(self, device: torch.device) -> "ClassificationTask":
         return self
+
+    @staticmethod
+    def log_parts(parts: dict) -> dict[str, float]:
+        """Loss parts kept per epoch beyond the loss and regulariser: none for classifiers."""
+        return {}
+
+    @staticmethod
+    def train_counts(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """(correct top-1 predictions, examples) of a batch."""
+        return int((logits.argmax(dim=1) == y).sum()), y.numel()
+
+    @staticmethod
+    def evaluate(model: nn.Module, loader, **kwargs) -> dict[str, float]:
+        """``test_loss`` (mean CE) and ``test_acc`` (top-1 %) (`biper.train.evaluate.evaluate`)."""
+        loss, acc = evaluate(model, loader, **kwargs)
+        return {"test_loss": loss, "test_acc": acc}
 
 
 class DistillationTask(ClassificationTask):
@@ -95,8 +121,8 @@ def build_task(config, index: int, teacher_state: Callable[[], dict], device: to
     """The task of stage ``index`` of run ``config`` on ``device``. A distillation teacher is
     the previous stage's model with weights ``teacher_state()``, or a checkpoint file."""
     stage = config.stages[index]
-    if stage.task.name == "classification":
-        return ClassificationTask(label_smoothing=stage.label_smoothing, tau=stage.tau)
+    if stage.task.name != "distillation":
+        return _plain_task(stage)
     source = stage.task.teacher
     if source == "previous":
         teacher = build_model_from_config(model_spec(config, index - 1))
@@ -109,3 +135,38 @@ def build_task(config, index: int, teacher_state: Callable[[], dict], device: to
         teacher.to(memory_format=torch.channels_last)
     return DistillationTask(teacher, alpha=stage.task.alpha, temperature=stage.task.temperature,
                             label_smoothing=stage.label_smoothing, tau=stage.tau).to(device)
+
+
+def _plain_task(stage):
+    name = stage.task.name
+    if name == "segmentation":
+        return SegmentationTask(dice=stage.task.dice or 0.0, tau=stage.tau)
+    if name == "detection":
+        return DetectionTask(tau=stage.tau)
+    return ClassificationTask(label_smoothing=stage.label_smoothing, tau=stage.tau)
+
+
+def eval_task(config):
+    """The task that evaluates a run's final model (a distilled model is a classifier)."""
+    stage = config.stages[-1]
+    if stage.task.name == "distillation":
+        return ClassificationTask()
+    return _plain_task(stage)
+
+
+def data_task(dataset) -> str:
+    """What a dataset's targets are for: its ``task`` attribute, classification by default."""
+    return getattr(dataset, "task", None) or "classification"
+
+
+def check_task_data(config, dataset) -> None:
+    """Refuse a stage whose task does not fit the dataset's targets (one clear line)."""
+    have = data_task(dataset)
+    for i, stage in enumerate(config.stages):
+        want = "classification" if stage.task.name == "distillation" else stage.task.name
+        if want != have:
+            hint = {"segmentation": "scenes with target: mask", "detection": "scenes with target: boxes"}
+            raise BiperError(f"stages.{i}.task.name: {stage.task.name} needs a {want} dataset, but "
+                             f"data.dataset {config.data.dataset} gives {have} targets"
+                             + (f" (use {hint[want]})" if want in hint else "")
+                             + f"; set stages.{i}.task.name={have} or change the dataset")
