@@ -24,8 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,13 +150,6 @@ class SegmentationTask(_DenseTask):
                 "test_pixel_acc": float(scores["pixel_acc"])}
 
 
-def _call_with_stride(fn, *args, stride: int, **kwargs):
-    """``fn(*args, stride=stride)`` when ``fn`` takes a stride, else ``fn(*args)``."""
-    if "stride" in inspect.signature(fn).parameters:
-        kwargs["stride"] = stride
-    return fn(*args, **kwargs)
-
-
 def output_stride(x_hw, out: torch.Tensor) -> int:
     """The detector's output stride: input height over output height."""
     stride = int(x_hw[-2]) // int(out.shape[-2])
@@ -178,7 +169,7 @@ class DetectionTask(_DenseTask):
         from ..models.detection import centernet_loss
 
         out = model(x)                                                      # (B, K + 4, h, w)
-        loss, parts = _call_with_stride(centernet_loss, out.float(), y, stride=output_stride(x.shape, out))
+        loss, parts = centernet_loss(out.float(), y, stride=output_stride(x.shape, out))
         parts = {k: v.detach() for k, v in parts.items()}
         loss, reg = self._with_reg(model, loss)
         parts["reg"] = reg.detach()
@@ -199,7 +190,7 @@ class DetectionTask(_DenseTask):
         from ..models.detection import centernet_loss, decode_detections
 
         stride = output_stride(hw, out)
-        loss, _ = _call_with_stride(centernet_loss, out, y, stride=stride)
+        loss, _ = centernet_loss(out, y, stride=stride)
         state["loss"] += float(loss) * len(y)
         state["count"] += len(y)
         state["pred"] += [{k: v.cpu() for k, v in d.items()} for d in decode_detections(out, stride=stride)]
