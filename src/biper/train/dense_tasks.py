@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.progress import Progress
 from ..errors import BiperError
 from . import distributed as ddp
-from .metrics import progress_enabled
-from .model import autocast_context
+from .evaluate import eval_loop
+from .regularizer import add_regularizer
 
 __all__ = ["IGNORE_INDEX", "SegmentationTask", "DetectionTask", "soft_dice_loss"]
 
@@ -51,7 +50,7 @@ def soft_dice_loss(logits: torch.Tensor, y: torch.Tensor, ignore_index: int = IG
 
 
 class _DenseTask:
-    """The regulariser, device placement and the eval loop shared by the dense tasks."""
+    """What the dense tasks share: ``tau``, device placement, logged parts, the test metrics."""
 
     name = ""
     main_metric = ""
@@ -59,14 +58,6 @@ class _DenseTask:
 
     def __init__(self, *, tau: float = 0.0):
         self.tau = float(tau)
-
-    def _with_reg(self, model: nn.Module, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..nn import regularization
-
-        if self.tau == 0.0:
-            return loss, loss.new_zeros(())
-        reg = regularization(model).float()
-        return loss + self.tau * reg, reg
 
     def to(self, device: torch.device):
         return self
@@ -76,24 +67,11 @@ class _DenseTask:
         """The loss parts kept per epoch (``train_parts`` of the metrics row)."""
         return {k: float(v) for k, v in parts.items() if k != "reg"}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, *, device: torch.device, precision: str = "fp32",
-                 desc: str = "eval", quiet: bool = True) -> dict[str, float]:
-        """The test metrics of ``model`` over ``loader`` (see the module docstring)."""
-        was_training = model.training
-        model.eval()
-        state, count = self._start(), 0
-        bar = Progress(len(loader), desc, enabled=progress_enabled(quiet), unit="batch")
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast_context(precision, device):
-                out = model(x)
-            keep = min(len(y), loader.num_real - count)  # a rank's shard ends with padding duplicates
-            self._add(state, out[:keep].float(), y[:keep], x.shape[-2:])
-            count += keep
-            bar.update()
-        bar.close()
-        model.train(was_training)
+    def evaluate(self, model: nn.Module, loader, **kwargs) -> dict[str, float]:
+        """The test metrics of ``model`` over ``loader`` (see the module docstring); ``kwargs``
+        as `biper.train.evaluate.eval_loop` takes them."""
+        state = self._start()
+        eval_loop(model, loader, lambda out, y, hw: self._add(state, out.float(), y, hw), **kwargs)
         return self._finish(state)
 
 
@@ -117,7 +95,7 @@ class SegmentationTask(_DenseTask):
             dice = soft_dice_loss(logits, y)
             loss = loss + self.dice * dice
             parts["dice"] = dice.detach()
-        loss, reg = self._with_reg(model, loss)
+        loss, reg = add_regularizer(model, loss, self.tau)
         parts["reg"] = reg.detach()
         return loss, logits, parts
 
@@ -171,7 +149,7 @@ class DetectionTask(_DenseTask):
         out = model(x)                                                      # (B, K + 4, h, w)
         loss, parts = centernet_loss(out.float(), y, stride=output_stride(x.shape, out))
         parts = {k: v.detach() for k, v in parts.items()}
-        loss, reg = self._with_reg(model, loss)
+        loss, reg = add_regularizer(model, loss, self.tau)
         parts["reg"] = reg.detach()
         return loss, out, parts
 

@@ -8,8 +8,7 @@ and the one that ranks epochs (``main_metric``). The dense tasks (segmentation, 
 in `biper.train.dense_tasks`.
 
 - `ClassificationTask`: ``CE(model(x), y; label smoothing) + tau * R(model)`` where ``R`` is the
-  sum over binary layers of each weight quantizer's regulariser
-  (`biper.nn.regularization`; BiPer: ``mean sin^2(omega0 w)``, released CIFAR code).
+  quantizer regulariser (`biper.train.regularizer`; BiPer: ``mean sin^2(omega0 w)``).
 - `DistillationTask` (Hinton et al. 2015): with teacher logits ``t``, student logits ``s`` and
   temperature ``T``::
 
@@ -32,12 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BiperError
-from ..nn import regularization
 from ..validate import wrap_errors
 from .checkpoint import load_checkpoint
 from .dense_tasks import DetectionTask, SegmentationTask
 from .evaluate import evaluate
 from .model import build_model_from_config, model_spec
+from .regularizer import add_regularizer
 
 __all__ = ["ClassificationTask", "DistillationTask", "build_task", "eval_task", "check_task_data", "data_task"]
 
@@ -53,16 +52,10 @@ class ClassificationTask:
         self.label_smoothing = float(label_smoothing)
         self.tau = float(tau)
 
-    def _regularizer(self, model: nn.Module, like: torch.Tensor) -> torch.Tensor:
-        if self.tau == 0.0:
-            return like.new_zeros(())
-        return regularization(model).float()
-
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         logits = model(x)                                                   # (B, K)
         ce = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-        reg = self._regularizer(model, ce)
-        loss = ce + self.tau * reg if self.tau else ce
+        loss, reg = add_regularizer(model, ce, self.tau)
         return loss, logits, {"ce": ce.detach(), "reg": reg.detach()}
 
     def to(self, device: torch.device) -> "ClassificationTask":
@@ -106,10 +99,7 @@ class DistillationTask(ClassificationTask):
         t = self.temperature
         kd = F.kl_div(F.log_softmax(s / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
                       reduction="batchmean", log_target=True) * (t * t)
-        reg = self._regularizer(model, ce)
-        loss = (1.0 - self.alpha) * ce + self.alpha * kd
-        if self.tau:
-            loss = loss + self.tau * reg
+        loss, reg = add_regularizer(model, (1.0 - self.alpha) * ce + self.alpha * kd, self.tau)
         return loss, logits, {"ce": ce.detach(), "kd": kd.detach(), "reg": reg.detach()}
 
     def to(self, device: torch.device) -> "DistillationTask":
