@@ -17,7 +17,7 @@ def test_eval_loop_drops_the_padding_duplicates_and_restores_train_mode():
     ds = make_synthetic("test", num_classes=4, size=8, length=10)
     # rank 2 of 3: 3 real samples of 10, padded to 4 with a duplicate
     loader = TensorLoader(ds, 3, train=False, rank=2, world_size=3)
-    assert loader.num_real == 3
+    assert loader.num_real == 3 and loader.num_samples == 4 and sum(len(y) for _, y in loader) == 4
     model = _model().train()
     seen, modes = [], []
 
